@@ -1,0 +1,451 @@
+//! The cache: an index of entries, find-or-create, producers, eviction.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime};
+
+use crate::admission::Admission;
+use crate::filestore::FileStore;
+use crate::janitor::{self, Janitor};
+use crate::metrics::{Metrics, Stats};
+use crate::pipe::Pipe;
+use crate::sync::{lock, Mutex};
+use crate::waiter::Waiter;
+use crate::{Config, Error, Op, Result, Stream, Writer};
+
+/// A cache of byte streams, each made once by a producer and read by any number of
+/// readers while it is being made and after.
+///
+/// `Cache` is a cheap handle: clones share one index, one directory and one maintenance
+/// thread. The thread stops on [`Cache::stop`], or when the last handle is dropped.
+///
+/// ```
+/// use std::io::Read;
+/// let dir = tempfile::tempdir()?;
+/// let mut cfg = streamcache::Config::new(dir.path());
+/// cfg.min_occurrences = 0;
+/// let cache = streamcache::Cache::new(cfg)?;
+/// let (mut stream, created) = cache.find_or_create("greeting", |w| {
+///     use std::io::Write;
+///     w.write_all(b"hello")
+/// })?;
+/// let mut text = String::new();
+/// stream.read_to_string(&mut text)?;
+/// stream.wait()?;
+/// assert_eq!((text.as_str(), created), ("hello", true));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cache {
+    flavor: Flavor,
+}
+
+#[derive(Debug, Clone)]
+enum Flavor {
+    Enabled(Arc<Shared>),
+    Disabled(Arc<Metrics>),
+}
+
+type CreateHook = Box<dyn Fn(&FileStore) -> Result<(File, PathBuf)> + Send + Sync>;
+
+struct Shared {
+    config: Config,
+    store: Arc<FileStore>,
+    index: Mutex<HashMap<String, Arc<Entry>>>,
+    metrics: Arc<Metrics>,
+    admission: Option<Admission>,
+    janitor: Mutex<Option<Janitor>>,
+    /// Replaces file creation in tests of failure paths.
+    create_hook: Option<CreateHook>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    pipe: Arc<Pipe>,
+    created: Instant,
+}
+
+/// How a producer is called.
+pub(crate) type Producer = Box<dyn FnOnce(&mut Writer) -> io::Result<()> + Send + 'static>;
+
+impl Cache {
+    /// Creates a cache with `config`. No I/O happens here: the directory is created with
+    /// the first entry. Starts the maintenance thread, which evicts entries older than
+    /// `max_age` and removes files older than `max_age` under the directory (also those
+    /// left by other processes) every `min(max_age, 1 minute)`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the configuration is invalid; [`Error::Io`] if the thread
+    /// cannot be started.
+    pub fn new(config: Config) -> Result<Cache> {
+        Cache::build(config, None)
+    }
+
+    fn build(config: Config, create_hook: Option<CreateHook>) -> Result<Cache> {
+        config.validate()?;
+        let admission = (config.min_occurrences > 0)
+            .then(|| Admission::new(config.min_occurrences, config.max_age));
+        let shared = Arc::new(Shared {
+            store: Arc::new(FileStore::new(config.dir.clone())),
+            config,
+            index: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
+            admission,
+            janitor: Mutex::new(None),
+            create_hook,
+        });
+        let weak = Arc::downgrade(&shared);
+        let janitor = Janitor::start(janitor::period(shared.config.max_age), move || {
+            match weak.upgrade() {
+                Some(shared) => {
+                    shared.maintain(Instant::now(), SystemTime::now());
+                    true
+                }
+                None => false,
+            }
+        })
+        .map_err(|e| Error::io(Op::Spawn, &shared.config.dir, e))?;
+        *lock(&shared.janitor) = Some(janitor);
+        Ok(Cache {
+            flavor: Flavor::Enabled(shared),
+        })
+    }
+
+    /// The disabled cache: every lookup runs its producer, nothing is stored or shared.
+    /// Streams behave as with a real cache (the producer runs on its own thread and its
+    /// errors and panics reach the reader), so callers need no second code path.
+    pub fn disabled() -> Cache {
+        Cache {
+            flavor: Flavor::Disabled(Arc::new(Metrics::default())),
+        }
+    }
+
+    /// Whether this is a real cache (not [`Cache::disabled`]).
+    pub fn is_enabled(&self) -> bool {
+        matches!(self.flavor, Flavor::Enabled(_))
+    }
+
+    /// The configuration, for a real cache.
+    pub fn config(&self) -> Option<&Config> {
+        match &self.flavor {
+            Flavor::Enabled(shared) => Some(&shared.config),
+            Flavor::Disabled(_) => None,
+        }
+    }
+
+    /// Finds the entry for `key`, or creates it and starts `producer` on a new thread,
+    /// and returns a stream positioned at its first byte. `created` is true when this
+    /// call started the producer (a miss, or a lookup that bypassed the cache).
+    ///
+    /// Never waits for the producer. Concurrent calls with one key start one producer.
+    /// An entry whose file has gone, or whose readers all left before it was complete,
+    /// is replaced by a new one silently.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the entry file cannot be created ([`Op::Create`], [`Op::Mkdir`])
+    /// or opened for reading ([`Op::OpenReader`]); nothing is cached then. The
+    /// producer's own errors come later, from the stream.
+    pub fn find_or_create<F>(&self, key: &str, producer: F) -> Result<(Stream, bool)>
+    where
+        F: FnOnce(&mut Writer) -> io::Result<()> + Send + 'static,
+    {
+        match &self.flavor {
+            Flavor::Disabled(metrics) => {
+                metrics.add_bypassed(1);
+                Ok((run_direct(key, Box::new(producer), metrics)?, true))
+            }
+            Flavor::Enabled(shared) => shared.find_or_create(key, Box::new(producer)),
+        }
+    }
+
+    /// Finds or creates the entry for `key`, copies all of it into `dst`, then waits for
+    /// the producer's result. Returns the bytes copied and whether this call created the
+    /// entry.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Cache::find_or_create`]; the producer's error; [`Error::Copy`] if
+    /// writing into `dst` failed. On any error, what was written to `dst` is incomplete
+    /// and must be thrown away.
+    pub fn fetch<W, F>(&self, key: &str, dst: &mut W, producer: F) -> Result<(u64, bool)>
+    where
+        W: Write + ?Sized,
+        F: FnOnce(&mut Writer) -> io::Result<()> + Send + 'static,
+    {
+        let (mut stream, created) = self.find_or_create(key, producer)?;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut copied = 0u64;
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::from_io(e)),
+            };
+            dst.write_all(&buf[..n])
+                .map_err(|e| Error::Copy(Arc::new(e)))?;
+            copied += n as u64;
+        }
+        stream.wait()?;
+        Ok((copied, created))
+    }
+
+    /// Stops the maintenance thread and waits for it. Idempotent. The cache keeps
+    /// answering lookups; entries just no longer expire.
+    pub fn stop(&self) {
+        if let Flavor::Enabled(shared) = &self.flavor {
+            let janitor = lock(&shared.janitor).take();
+            drop(janitor);
+        }
+    }
+
+    /// Runs one maintenance round now, as the background thread does periodically:
+    /// evicts entries older than `max_age` (and removes their files), then removes files
+    /// under the directory last modified more than `max_age` ago.
+    pub fn run_maintenance(&self) {
+        if let Flavor::Enabled(shared) = &self.flavor {
+            shared.maintain(Instant::now(), SystemTime::now());
+        }
+    }
+
+    /// A snapshot of the counters and gauges.
+    pub fn stats(&self) -> Stats {
+        match &self.flavor {
+            Flavor::Enabled(shared) => shared.metrics.snapshot(),
+            Flavor::Disabled(metrics) => metrics.snapshot(),
+        }
+    }
+
+    /// The cache directory, for a real cache.
+    pub fn dir(&self) -> Option<&Path> {
+        self.config().map(|c| c.dir.as_path())
+    }
+}
+
+impl Shared {
+    fn find_or_create(self: &Arc<Self>, key: &str, producer: Producer) -> Result<(Stream, bool)> {
+        if let Some(admission) = &self.admission {
+            if !admission.admit(key, Instant::now()) {
+                self.metrics.add_bypassed(1);
+                return Ok((run_direct(key, producer, &self.metrics)?, true));
+            }
+        }
+        let mut index = lock(&self.index);
+        if let Some(entry) = index.get(key) {
+            match entry.pipe.open_reader() {
+                Ok(reader) => {
+                    drop(index);
+                    self.metrics.add_hits(1);
+                    return Ok((Stream::entry(reader, Arc::clone(&self.metrics)), false));
+                }
+                Err(err) => {
+                    tracing::debug!(key, error = %err, "streamcache: entry unusable, replacing it");
+                    index.remove(key);
+                }
+            }
+        }
+        let (file, path) = match &self.create_hook {
+            Some(hook) => hook(&self.store)?,
+            None => self.store.create()?,
+        };
+        let store = Arc::clone(&self.store);
+        let pipe = Arc::new(Pipe::new(path, self.config.backpressure, move |p| {
+            store.open_reader(p)
+        }));
+        let reader = pipe.open_reader()?;
+        let entry = Arc::new(Entry {
+            pipe: Arc::clone(&pipe),
+            created: Instant::now(),
+        });
+        index.insert(key.to_owned(), Arc::clone(&entry));
+        self.metrics.set_index_entries(index.len());
+        drop(index);
+        self.metrics.add_misses(1);
+        let stream = Stream::entry(reader, Arc::clone(&self.metrics));
+        let writer = Writer::entry(Arc::clone(&pipe), file);
+        self.spawn_producer(key, entry, writer, producer);
+        Ok((stream, true))
+    }
+
+    fn spawn_producer(
+        self: &Arc<Self>,
+        key: &str,
+        entry: Arc<Entry>,
+        writer: Writer,
+        producer: Producer,
+    ) {
+        let weak = Arc::downgrade(self);
+        let job_key = key.to_owned();
+        let job_entry = Arc::clone(&entry);
+        let metrics = Arc::clone(&self.metrics);
+        let spawned = std::thread::Builder::new()
+            .name("streamcache-producer".into())
+            .spawn(move || produce(job_key, job_entry, writer, producer, weak, metrics));
+        if let Err(e) = spawned {
+            // The producer closure went down with the failed spawn; fail the entry as if
+            // it had run and failed.
+            let err = Error::io(Op::Spawn, &entry.pipe.path, e);
+            tracing::error!(key, error = %err, "create cache entry");
+            self.metrics.add_failures(1);
+            self.remove_entry(key, &entry);
+            entry.pipe.outcome.set(Err(err));
+            entry.pipe.core.fail();
+        }
+    }
+
+    /// Removes `key` from the index if it still maps to `entry` (not a newer entry).
+    fn remove_entry(&self, key: &str, entry: &Arc<Entry>) {
+        let mut index = lock(&self.index);
+        if index
+            .get(key)
+            .is_some_and(|current| Arc::ptr_eq(current, entry))
+        {
+            index.remove(key);
+            self.metrics.set_index_entries(index.len());
+        }
+    }
+
+    fn maintain(&self, now: Instant, wall: SystemTime) {
+        self.evict(now);
+        let Some(cutoff) = wall.checked_sub(self.config.max_age) else {
+            return;
+        };
+        match self.store.sweep(cutoff) {
+            Ok(sweep) => {
+                self.metrics.add_swept_files(sweep.removed);
+                self.metrics.set_disk_usage(sweep.usage);
+            }
+            Err(err) => tracing::error!(error = %err, "streamcache filestore cleanup"),
+        }
+    }
+
+    fn evict(&self, now: Instant) {
+        let expired: Vec<Arc<Entry>> = {
+            let mut index = lock(&self.index);
+            let mut expired = Vec::new();
+            index.retain(|_, entry| {
+                // Expired: created strictly before `now - max_age`.
+                let keep = now.saturating_duration_since(entry.created) <= self.config.max_age;
+                if !keep {
+                    expired.push(Arc::clone(entry));
+                }
+                keep
+            });
+            self.metrics.set_index_entries(index.len());
+            expired
+        };
+        self.metrics.add_evicted(expired.len() as u64);
+        // Readers and the writer keep their open handles; only the name goes.
+        for entry in expired {
+            match std::fs::remove_file(&entry.pipe.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %entry.pipe.path.display(), error = %e, "streamcache: remove file evicted from index")
+                }
+            }
+        }
+    }
+}
+
+/// The producer thread of one entry.
+fn produce(
+    key: String,
+    entry: Arc<Entry>,
+    mut writer: Writer,
+    producer: Producer,
+    shared: Weak<Shared>,
+    metrics: Arc<Metrics>,
+) {
+    let span = tracing::debug_span!("streamcache producer", key = %key);
+    let _enter = span.enter();
+    let outcome = run_guarded(producer, &mut writer).and_then(|()| writer.close());
+    metrics.add_generated_bytes(writer.written());
+    match outcome {
+        Ok(()) => {
+            tracing::debug!(bytes = writer.written(), "streamcache: entry complete");
+            entry.pipe.outcome.set(Ok(()));
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "create cache entry");
+            metrics.add_failures(1);
+            // The failed entry leaves the index before anyone learns of the failure, so
+            // whoever saw the error and asks again gets a fresh entry.
+            if let Some(shared) = shared.upgrade() {
+                shared.remove_entry(&key, &entry);
+            }
+            entry.pipe.outcome.set(Err(err));
+            writer.abandon();
+        }
+    }
+}
+
+/// Runs the producer, turning a panic into [`Error::Panic`] and preferring the writer's
+/// own failure (a failed write) over what the producer made of it.
+fn run_guarded(producer: Producer, writer: &mut Writer) -> Result<()> {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| producer(writer)));
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(writer.failure().unwrap_or_else(|| Error::from_io(e))),
+        Err(payload) => Err(Error::Panic(panic_message(payload.as_ref()).into())),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_owned()
+    }
+}
+
+/// Runs `producer` into an OS pipe read by one stream, bypassing the cache.
+fn run_direct(key: &str, producer: Producer, metrics: &Arc<Metrics>) -> Result<Stream> {
+    let (reader, pipe) = io::pipe().map_err(|e| Error::io(Op::Create, "<pipe>", e))?;
+    let outcome = Arc::new(Waiter::default());
+    let stream = Stream::direct(reader, Arc::clone(&outcome), Arc::clone(metrics));
+    let mut writer = Writer::direct(pipe);
+    let job_metrics = Arc::clone(metrics);
+    let job_outcome = Arc::clone(&outcome);
+    let job_key = key.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("streamcache-producer".into())
+        .spawn(move || {
+            let span = tracing::debug_span!("streamcache producer", key = %job_key, cached = false);
+            let _enter = span.enter();
+            let result = run_guarded(producer, &mut writer);
+            job_metrics.add_generated_bytes(writer.written());
+            if let Err(err) = &result {
+                tracing::error!(error = %err, "create cache entry");
+                job_metrics.add_failures(1);
+            }
+            // Publish first: the reader looks at the outcome when it sees end-of-file.
+            job_outcome.set(result);
+            writer.finish_direct();
+        });
+    if let Err(e) = spawned {
+        let err = Error::io(Op::Spawn, "<producer thread>", e);
+        outcome.set(Err(err.clone()));
+        return Err(err);
+    }
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests;

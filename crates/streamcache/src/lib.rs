@@ -1,0 +1,128 @@
+//! A streaming cache for very large blobs.
+//!
+//! # Overview
+//!
+//! Some outputs are expensive to make, large (gigabytes), and wanted by many callers at
+//! once: the pack that `git pack-objects` makes for a clone is the classic case. This
+//! cache runs the producer once per key and streams its output to every caller,
+//! **while it is being made**: storing gigabytes is slow, so nobody waits for the end
+//! before reading the start.
+//!
+//! The output goes to a file (it does not fit in memory), and readers follow the writer
+//! through that file. Callers that arrive later, during production or after, start at
+//! byte 0 and catch up from the page cache. The process's memory stays flat however
+//! large the blobs are.
+//!
+//! ```text
+//!   find_or_create(key) --hit---> new reader on the entry's file
+//!          |
+//!         miss --> new file <root>/<xx>/<id>-<n>, producer thread starts
+//!
+//!   producer --write--> [ entry file ] --pread/sendfile--> reader 1 .. reader N
+//!       ^                                                      |
+//!       +------ waits while it is ahead of the fastest reader -+
+//! ```
+//!
+//! The parts: [`Cache`] (the in-memory index, find-or-create, eviction), a file store
+//! (naming and the sweep of stale files), and a pipe per entry (one writer, many
+//! readers, one file). A [`Stream`] is a reader plus the producer's result.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! # let dir = tempfile::tempdir()?;
+//! let mut cfg = streamcache::Config::new(dir.path());
+//! cfg.min_occurrences = 0; // cache from the first occurrence
+//! let cache = streamcache::Cache::new(cfg)?;
+//!
+//! let make = |w: &mut streamcache::Writer| {
+//!     for _ in 0..16 {
+//!         w.write_all(&[b'x'; 64 << 10])?;
+//!     }
+//!     Ok(())
+//! };
+//! let (mut first, created) = cache.find_or_create("blob", make)?;
+//! assert!(created);
+//! // A second caller joins the running producer instead of starting another.
+//! let (mut second, created) = cache.find_or_create("blob", |_| unreachable!())?;
+//! assert!(!created);
+//!
+//! let mut a = Vec::new();
+//! let mut b = Vec::new();
+//! first.read_to_end(&mut a)?;
+//! second.read_to_end(&mut b)?;
+//! first.wait()?;
+//! assert_eq!(a.len(), 1 << 20);
+//! assert_eq!(a, b);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Back pressure
+//!
+//! With [`Config::backpressure`] on (the default), each write call of the producer first
+//! waits until the **fastest** reader has read everything written so far. The producer
+//! thus runs at most one write call ahead of its fastest reader, the disk fills no
+//! faster than someone reads, and slow readers never hold the producer back (the data
+//! is on disk for them). With it off, the producer writes at full speed. Either way, a
+//! producer whose readers have all gone gets [`std::io::ErrorKind::BrokenPipe`] from its
+//! next write, and the entry is abandoned: nobody wants what it makes.
+//!
+//! # Errors
+//!
+//! A producer returns `std::io::Result<()>`. Its error, or `panic: …` if it panicked,
+//! reaches every reader: [`Stream::wait`] returns it, and a read that reaches the end of
+//! what was written returns it instead of end-of-file, so a truncated entry never looks
+//! complete. The failed entry leaves the index before anyone learns of the failure, so
+//! whoever retries gets a fresh producer. A failed write (a full disk) fails the entry
+//! even if the producer ignores the error.
+//!
+//! # Eviction
+//!
+//! Entries live for [`Config::max_age`] from their creation. A background thread evicts
+//! old entries from the index and removes their files; Unix semantics let readers that
+//! still have the file open finish. The same thread sweeps the directory and removes any
+//! file older than `max_age`, whoever made it: that is how files of crashed or restarted
+//! processes are reclaimed. Processes may share one directory.
+//!
+//! # Admission
+//!
+//! With [`Config::min_occurrences`] = n (default 1), a key is cached only from its
+//! (n+1)-th occurrence within about two `max_age` periods; earlier ones run their
+//! producer outside the cache, writing nothing to disk. Most one-off keys never touch
+//! the disk.
+//!
+//! # Sync and async
+//!
+//! Threads are the native mode: producers run on their own threads and [`Stream`]
+//! implements [`std::io::Read`]. With the `tokio` feature, `Stream` also implements
+//! `tokio::io::AsyncRead` and has [`Stream::wait_async`]. [`Stream::send_to`] copies into
+//! a socket, pipe or file with `sendfile(2)`.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `tokio` | `AsyncRead` for [`Stream`], [`Stream::wait_async`] |
+//! | `serde` | `Deserialize` for [`Settings`] |
+
+mod admission;
+mod cache;
+mod config;
+mod cursor;
+mod error;
+mod filestore;
+mod janitor;
+mod metrics;
+mod pipe;
+mod stream;
+mod sync;
+mod waiter;
+mod writer;
+
+pub mod testing;
+
+pub use crate::cache::Cache;
+pub use crate::config::{Config, Settings, DEFAULT_MAX_AGE};
+pub use crate::error::{Error, Op, Result};
+pub use crate::metrics::Stats;
+pub use crate::stream::Stream;
+pub use crate::writer::Writer;

@@ -1,0 +1,97 @@
+//! Counters and gauges of one cache.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The live counters, shared by the cache, its producers and its streams.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bypassed: AtomicU64,
+    failures: AtomicU64,
+    index_entries: AtomicU64,
+    evicted: AtomicU64,
+    generated_bytes: AtomicU64,
+    served_bytes: AtomicU64,
+    sendfile_bytes: AtomicU64,
+    disk_usage_bytes: AtomicU64,
+    swept_files: AtomicU64,
+}
+
+macro_rules! adders {
+    ($($name:ident => $field:ident),* $(,)?) => {
+        impl Metrics {
+            $(pub(crate) fn $name(&self, n: u64) { self.$field.fetch_add(n, Relaxed); })*
+        }
+    };
+}
+
+adders! {
+    add_hits => hits,
+    add_misses => misses,
+    add_bypassed => bypassed,
+    add_failures => failures,
+    add_evicted => evicted,
+    add_generated_bytes => generated_bytes,
+    add_served_bytes => served_bytes,
+    add_sendfile_bytes => sendfile_bytes,
+    add_swept_files => swept_files,
+}
+
+impl Metrics {
+    pub(crate) fn set_index_entries(&self, n: usize) {
+        self.index_entries.store(n as u64, Relaxed);
+    }
+
+    pub(crate) fn set_disk_usage(&self, bytes: u64) {
+        self.disk_usage_bytes.store(bytes, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            bypassed: self.bypassed.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            index_entries: self.index_entries.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+            generated_bytes: self.generated_bytes.load(Relaxed),
+            served_bytes: self.served_bytes.load(Relaxed),
+            sendfile_bytes: self.sendfile_bytes.load(Relaxed),
+            disk_usage_bytes: self.disk_usage_bytes.load(Relaxed),
+            swept_files: self.swept_files.load(Relaxed),
+        }
+    }
+}
+
+/// A snapshot of a cache's counters and gauges, from [`Cache::stats`](crate::Cache::stats).
+///
+/// Counters only grow for the life of the cache. The daemon exports them in Prometheus
+/// form as `streamcache_<field>` (with `_total` on counters).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Lookups served by an existing entry.
+    pub hits: u64,
+    /// Lookups that created an entry and started its producer.
+    pub misses: u64,
+    /// Lookups that ran their producer outside the cache: the cache is disabled, or the
+    /// key has not yet occurred often enough (min-occurrences rule).
+    pub bypassed: u64,
+    /// Producers that failed (error, panic, or every reader gone).
+    pub failures: u64,
+    /// Entries in the index now (gauge).
+    pub index_entries: u64,
+    /// Entries removed from the index by age.
+    pub evicted: u64,
+    /// Bytes written by producers.
+    pub generated_bytes: u64,
+    /// Bytes delivered to readers (counted when a stream is dropped).
+    pub served_bytes: u64,
+    /// Bytes delivered with `sendfile(2)`.
+    pub sendfile_bytes: u64,
+    /// Bytes in the cache directory at the last sweep (gauge).
+    pub disk_usage_bytes: u64,
+    /// Files removed by the directory sweep.
+    pub swept_files: u64,
+}
