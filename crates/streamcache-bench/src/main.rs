@@ -1,0 +1,143 @@
+//! `streamcache-bench`: runs the workloads of the benchmark definitions (W0 to W5)
+//! against the cache and against the machine's own limits, measured in the same run.
+//!
+//! Every workload runs one thrown-away warm-up repetition, then `--reps` measured ones
+//! (3 by default), each in a fresh cache directory on the file system under test
+//! (`/dev/shm` for tmpfs, the system temp dir for ext4), removed after the repetition
+//! outside its timing. Before each group the idle guard waits until the machine has been
+//! nearly idle for a while, and every repetition records how much CPU other processes
+//! used while it ran; a disturbed repetition is run again, and flagged if it stays
+//! disturbed.
+//!
+//! The result is a table on stdout (median, min, max, unit, ratio to the W0 limit) and,
+//! with `--json FILE`, one JSON object per figure. Progress goes to stderr.
+
+mod args;
+mod ctx;
+mod data;
+mod report;
+mod sys;
+mod w0;
+mod w1;
+mod w2;
+mod w3;
+mod w4;
+mod w5;
+mod workloads;
+
+use std::io;
+use std::process::ExitCode;
+
+use crate::args::Part;
+use crate::ctx::Ctx;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("__rss-child") {
+        return match w1::rss_child(&argv[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rss child: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let opts = match args::parse(&argv) {
+        Ok(o) => o,
+        Err(msg) => {
+            if msg.is_empty() {
+                print!("{}", args::USAGE);
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {msg}\n\n{}", args::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A one-line description of the machine and the time.
+fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let mem = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or_else(
+            || "?".into(),
+            |kib| format!("{:.1} GiB", kib as f64 / (1 << 20) as f64),
+        );
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "{} CPUs ({model}), {mem} memory, kernel {kernel}, {date}",
+        sys::cpus()
+    )
+}
+
+fn run(opts: args::Options) -> io::Result<()> {
+    let mut ctx = Ctx::new(opts)?;
+    let header = machine();
+    ctx.say(&format!("machine: {header}"));
+    let parts = ctx.opts.parts.clone();
+    // W0 is the denominator of every ratio: run it whenever anything else but W5 is.
+    let need_w0 = parts.iter().any(|p| *p != Part::W5);
+    for fs in ctx.opts.fs.clone() {
+        let kind = sys::fs_type(&fs.base());
+        ctx.say(&format!(
+            "== {} under {} (file system: {kind})",
+            fs.name(),
+            fs.base().display()
+        ));
+        if kind != fs.name() {
+            ctx.say(&format!(
+                "warning: {} is {kind}, not {}; figures are labelled {} anyway",
+                fs.base().display(),
+                fs.name(),
+                fs.name()
+            ));
+        }
+        if need_w0 {
+            w0::run(&mut ctx, fs)?;
+        }
+        for part in &parts {
+            match part {
+                Part::W0 => {}
+                Part::W1Fanout => w1::run_fanout(&mut ctx, fs)?,
+                Part::W1ZeroCopy => w1::run_zero_copy(&mut ctx, fs)?,
+                Part::W1Rss => w1::run_rss(&mut ctx, fs)?,
+                Part::W2 => w2::run(&mut ctx, fs)?,
+                Part::W3 => w3::run(&mut ctx, fs)?,
+                Part::W4 => w4::run(&mut ctx, fs)?,
+                Part::W5 => w5::run(&mut ctx, fs)?,
+            }
+        }
+    }
+    ctx.say("");
+    let mut cmd = vec!["streamcache-bench".to_string()];
+    cmd.extend(std::env::args().skip(1));
+    println!("machine: {header}");
+    println!("command: {}", cmd.join(" "));
+    println!(
+        "{} measured repetitions after 1 warm-up; ratio = median / limit; foreign CPU = most CPU share other processes used in a measured repetition ((!) = over the limit or machine never idle)\n",
+        ctx.opts.reps
+    );
+    print!("{}", report::table(&ctx.figures));
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! W0: the machine's limits, measured in the same run and on the same file system as
+//! the workloads they are compared with.
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{self, Read, Write};
+use std::sync::Barrier;
+use std::time::Instant;
+
+use crate::ctx::{Ctx, Fig, Limit};
+use crate::data::{show_size, CHUNK, MIB};
+use crate::sys::Fs;
+use crate::workloads::reference;
+
+/// Size of the DRAM copy buffer.
+const DRAM: usize = 512 << 20;
+
+pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
+    let size = ctx.opts.w0_size;
+    let data = std::sync::Arc::clone(&ctx.data);
+    let label = format!("w0 {} write+read {}", fs.name(), show_size(size));
+    let m = ctx.measure(&label, Some(fs), |dir| {
+        let path = dir.join("w0-file");
+        let mut buf = vec![0u8; CHUNK];
+        let t = Instant::now();
+        let mut file = File::create(&path)?;
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(MIB) as usize;
+            file.write_all(&data[..n])?;
+            left -= n as u64;
+        }
+        drop(file);
+        let write = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let mut file = File::open(&path)?;
+        let mut total = 0u64;
+        loop {
+            match file.read(&mut buf)? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        let read = t.elapsed().as_secs_f64();
+        if total != size {
+            return Err(io::Error::other(format!("w0 read {total} bytes of {size}")));
+        }
+        Ok(vec![
+            ("write", size as f64 / write / 1e9),
+            ("read", size as f64 / read / 1e9),
+        ])
+    })?;
+    let def = size == 4 << 30;
+    let sz = show_size(size);
+    for (key, figure, limit) in [
+        (
+            "write",
+            "sequential write, 1 MiB writes, no fsync",
+            Limit::Write,
+        ),
+        (
+            "read",
+            "sequential read from page cache, 64 KiB reads",
+            Limit::Read,
+        ),
+    ] {
+        let fig = Fig::new("w0", Some(fs), figure, key, "GB/s")
+            .param("size", sz.as_str())
+            .reference(reference(&format!("w0 {key}"), fs).filter(|_| def));
+        if let Some(v) = ctx.emit(&m, fig)? {
+            ctx.set_limit(Some(fs), limit, v);
+        }
+    }
+
+    // Memory copies. The buffers are made once and touched before any timing.
+    let cache_bytes = 4 * size;
+    let dram_bytes = size.max(DRAM as u64);
+    let mut dram_src = vec![0u8; DRAM];
+    let mut dram_dst = vec![0u8; DRAM];
+    for (i, chunk) in dram_src.chunks_mut(MIB as usize).enumerate() {
+        chunk.copy_from_slice(&data[..chunk.len()]);
+        chunk[0] = i as u8;
+    }
+    dram_dst.fill(1);
+    let label = format!("w0 {} memory copy", fs.name());
+    let m = ctx.measure(&label, None, |_| {
+        Ok(vec![
+            ("copy1", copy_rate(1, MIB as usize, cache_bytes, &data)),
+            ("copy2", copy_rate(2, MIB as usize, cache_bytes, &data)),
+            ("dram1", copy_big(1, &dram_src, &mut dram_dst, dram_bytes)),
+            ("dram2", copy_big(2, &dram_src, &mut dram_dst, dram_bytes)),
+        ])
+    })?;
+    drop((dram_src, dram_dst));
+    for (key, figure, limit, threads, what) in [
+        (
+            "copy1",
+            "memory copy, cache-resident 1 MiB",
+            Limit::Copy1,
+            1,
+            "cache",
+        ),
+        (
+            "copy2",
+            "memory copy, cache-resident 1 MiB",
+            Limit::Copy2,
+            2,
+            "cache",
+        ),
+        (
+            "dram1",
+            "memory copy, DRAM 512 MiB",
+            Limit::Dram1,
+            1,
+            "dram",
+        ),
+        (
+            "dram2",
+            "memory copy, DRAM 512 MiB",
+            Limit::Dram2,
+            2,
+            "dram",
+        ),
+    ] {
+        let fig = Fig::new("w0", Some(fs), figure, key, "GB/s")
+            .param("threads", threads)
+            .reference(reference(&format!("w0 {what}{threads}"), fs));
+        if let Some(v) = ctx.emit(&m, fig)? {
+            ctx.set_limit(Some(fs), limit, v);
+        }
+    }
+    Ok(())
+}
+
+/// GB/s of `threads` threads each copying its own `buf`-byte buffer `bytes / buf` times.
+fn copy_rate(threads: usize, buf: usize, bytes: u64, data: &[u8]) -> f64 {
+    let passes = (bytes / buf as u64).max(1);
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..threads)
+        .map(|_| (data[..buf].to_vec(), vec![1u8; buf]))
+        .collect();
+    let barrier = Barrier::new(threads + 1);
+    let t = std::thread::scope(|s| {
+        for (src, dst) in pairs.iter_mut() {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                for _ in 0..passes {
+                    dst.copy_from_slice(black_box(&src[..]));
+                    black_box(&mut dst[..]);
+                }
+            });
+        }
+        barrier.wait();
+        Instant::now()
+    });
+    (threads as u64 * passes * buf as u64) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// GB/s of `threads` threads copying their share of `src` into `dst` until `bytes` were
+/// copied in all.
+fn copy_big(threads: usize, src: &[u8], dst: &mut [u8], bytes: u64) -> f64 {
+    let share = src.len() / threads;
+    let passes = (bytes / src.len() as u64).max(1);
+    let barrier = Barrier::new(threads + 1);
+    let t = std::thread::scope(|s| {
+        for (from, to) in src.chunks(share).zip(dst.chunks_mut(share)) {
+            let barrier = &barrier;
+            s.spawn(move || {
+                barrier.wait();
+                for _ in 0..passes {
+                    to.copy_from_slice(black_box(from));
+                    black_box(&mut *to);
+                }
+            });
+        }
+        barrier.wait();
+        Instant::now()
+    });
+    (passes * src.len() as u64) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
