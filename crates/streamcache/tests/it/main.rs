@@ -1,1 +1,14 @@
-fn main() {}
+//! Integration tests of `streamcache` through its public API: one binary, one module per
+//! area. Tests that need root (a real tmpfs) fail without it; CI runs as root.
+
+mod admission;
+#[cfg(feature = "tokio")]
+mod asynchronous;
+mod cache;
+mod disk_full;
+mod logging;
+mod memory;
+mod props;
+mod send_sync;
+mod sendfile;
+mod support;

@@ -1,0 +1,150 @@
+//! A full disk, for real: the cache on an 8 MiB tmpfs and a producer that writes 16 MiB.
+//! Mounting needs root; without it these tests fail (CI runs as root).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use streamcache::{Error, Op};
+
+use crate::support::{
+    count_files, drain, fetch_vec, never, produce, with_and_without_backpressure,
+};
+
+/// An 8 MiB tmpfs mounted on a fresh temporary directory, unmounted on drop.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    fn mount() -> SmallTmpfs {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        if let Err(err) = mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("size=8m,mode=0700"),
+        ) {
+            panic!(
+                "mounting an 8 MiB tmpfs on {} failed: {err} (this test needs root: euid is {})",
+                dir.path().display(),
+                nix::unistd::geteuid()
+            );
+        }
+        SmallTmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        // Lazy: a descriptor still open somewhere must not leave the mount behind.
+        if let Err(err) = umount2(self.dir.path(), MntFlags::MNT_DETACH) {
+            eprintln!("unmounting {} failed: {err}", self.dir.path().display());
+        }
+    }
+}
+
+/// The producer: waits for `go`, then tries to write 16 MiB in 64 KiB writes.
+fn sixteen_mib(
+    gate: mpsc::Receiver<()>,
+) -> impl FnOnce(&mut streamcache::Writer) -> io::Result<()> + Send {
+    move |w| {
+        gate.recv().map_err(io::Error::other)?;
+        let chunk = vec![0x5a_u8; 64 << 10];
+        for _ in 0..256 {
+            w.write_all(&chunk)?;
+        }
+        Ok(())
+    }
+}
+
+fn assert_disk_full(err: &Error, who: &str) {
+    assert_eq!(err.op(), Some(Op::Write), "{who}: {err:?}");
+    assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{who}: {err:?}");
+    assert!(
+        err.to_string().contains("No space left"),
+        "{who}: the message names the cause: {err}"
+    );
+}
+
+fn cache_on(root: PathBuf, backpressure: bool) -> streamcache::Cache {
+    let mut cfg = crate::support::real_config(&root);
+    cfg.backpressure = backpressure;
+    // Maintenance then removes every file; its own thread waits a minute between runs.
+    cfg.max_age = Duration::ZERO;
+    streamcache::Cache::new(cfg).unwrap()
+}
+
+#[test]
+fn a_full_disk_fails_every_reader_and_the_cache_recovers_once_space_returns() {
+    with_and_without_backpressure(|backpressure| {
+        let tmpfs = SmallTmpfs::mount();
+        let root = tmpfs.path().join("cache");
+        let cache = cache_on(root.clone(), backpressure);
+
+        let (go, gate) = mpsc::channel();
+        let (started_tx, started) = mpsc::channel();
+        let producer = sixteen_mib(gate);
+        let fetcher = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.fetch("big", &mut io::sink(), move |w| {
+                    started_tx.send(()).map_err(io::Error::other)?;
+                    producer(w)
+                })
+            })
+        };
+        // The producer runs once its entry is in the index: the next lookups join it.
+        started.recv().unwrap();
+        let mut readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (stream, created) = cache.find_or_create("big", never).unwrap();
+                assert!(!created, "the reader joins the running producer");
+                stream
+            })
+            .collect();
+        go.send(()).unwrap();
+
+        let fetched = fetcher.join().unwrap();
+        assert_disk_full(&fetched.expect_err("the fetch fails"), "fetch");
+        for (i, stream) in readers.iter_mut().enumerate() {
+            let (bytes, result) = drain(stream);
+            assert!(bytes.len() < 16 << 20);
+            assert_disk_full(
+                &result.expect_err("the reader fails"),
+                &format!("reader {i}"),
+            );
+            assert_disk_full(&stream.wait().unwrap_err(), &format!("wait of reader {i}"));
+        }
+        assert_eq!(cache.stats().failures, 1);
+        drop(readers);
+
+        // The failed entry is never served: the key is made afresh, and with the disk
+        // still full that fails too.
+        let (mut again, created) = cache.find_or_create("big", produce("small")).unwrap();
+        assert!(created, "the failed entry is not served");
+        let (_, result) = drain(&mut again);
+        assert_disk_full(
+            &result.expect_err("the disk is still full"),
+            "second producer",
+        );
+        drop(again);
+
+        // Maintenance removes the stale files; the cache works again.
+        assert!(count_files(&root) >= 1);
+        cache.run_maintenance();
+        assert_eq!(count_files(&root), 0, "maintenance freed the space");
+        let (out, created) = fetch_vec(&cache, "big", produce("fits now")).unwrap();
+        assert_eq!((out.as_slice(), created), (&b"fits now"[..], true));
+        let (out, created) = fetch_vec(&cache, "big", never).unwrap();
+        assert_eq!((out.as_slice(), created), (&b"fits now"[..], false));
+        drop(cache);
+    });
+}
