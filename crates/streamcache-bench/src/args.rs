@@ -33,6 +33,7 @@ options:
   --idle-window SECS      the idle guard waits for this long under 4% CPU (default 9)
   --idle-timeout SECS     ...but at most this long, then warns (default 120)
   --no-idle-wait          skip the idle guard (foreign CPU is still recorded)
+  --no-w0                 do not run w0 unless named (no ratios; for profiling one workload)
   --max-foreign PCT       rerun a repetition in which others used more CPU (default 10)
   --retries N             reruns of a disturbed repetition (default 2)
   --quick                 small sizes for a smoke test: S=64M, w0 256M, w4 64M,
@@ -71,6 +72,7 @@ pub(crate) struct Options {
     pub(crate) idle_window: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) idle_wait: bool,
+    pub(crate) w0_always: bool,
     pub(crate) max_foreign: f64,
     pub(crate) retries: usize,
     pub(crate) quick: bool,
@@ -96,6 +98,7 @@ impl Default for Options {
             idle_window: Duration::from_secs(9),
             idle_timeout: Duration::from_secs(120),
             idle_wait: true,
+            w0_always: true,
             max_foreign: 0.10,
             retries: 2,
             quick: false,
@@ -235,6 +238,7 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
                 );
             }
             "--no-idle-wait" => o.idle_wait = false,
+            "--no-w0" => o.w0_always = false,
             "--max-foreign" => {
                 let v = value("--max-foreign")?;
                 let p: f64 = v

@@ -88,11 +88,11 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
 
 /// A size for people: `1 GiB`, `64 MiB`, `4 KiB`.
 pub(crate) fn show_size(n: u64) -> String {
-    if n >= GIB && n % GIB == 0 {
+    if n >= GIB && n & (GIB - 1) == 0 {
         format!("{} GiB", n / GIB)
-    } else if n >= MIB && n % MIB == 0 {
+    } else if n >= MIB && n & (MIB - 1) == 0 {
         format!("{} MiB", n / MIB)
-    } else if n >= KIB && n % KIB == 0 {
+    } else if n >= KIB && n & (KIB - 1) == 0 {
         format!("{} KiB", n / KIB)
     } else {
         format!("{n} B")

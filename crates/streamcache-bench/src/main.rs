@@ -33,6 +33,9 @@ use crate::ctx::Ctx;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("__rusage") {
+        return w5::rusage_child(&argv[1..]);
+    }
     if argv.first().map(String::as_str) == Some("__rss-child") {
         return match w1::rss_child(&argv[1..]) {
             Ok(()) => ExitCode::SUCCESS,
@@ -97,7 +100,8 @@ fn run(opts: args::Options) -> io::Result<()> {
     ctx.say(&format!("machine: {header}"));
     let parts = ctx.opts.parts.clone();
     // W0 is the denominator of every ratio: run it whenever anything else but W5 is.
-    let need_w0 = parts.iter().any(|p| *p != Part::W5);
+    let need_w0 =
+        parts.contains(&Part::W0) || (ctx.opts.w0_always && parts.iter().any(|p| *p != Part::W5));
     for fs in ctx.opts.fs.clone() {
         let kind = sys::fs_type(&fs.base());
         ctx.say(&format!(

@@ -63,6 +63,8 @@ pub(crate) enum Who {
     Process,
     /// The calling thread.
     Thread,
+    /// The children this process has waited for (and all they waited for).
+    Children,
 }
 
 /// User plus system CPU seconds from `getrusage`.
@@ -82,6 +84,7 @@ pub(crate) fn cpu_seconds(who: Who) -> f64 {
         Who::ProcessAndChildren => one(libc::RUSAGE_SELF) + one(libc::RUSAGE_CHILDREN),
         Who::Process => one(libc::RUSAGE_SELF),
         Who::Thread => one(libc::RUSAGE_THREAD),
+        Who::Children => one(libc::RUSAGE_CHILDREN),
     }
 }
 
