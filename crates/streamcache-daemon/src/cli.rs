@@ -1,0 +1,242 @@
+//! Command-line parsing and the three subcommands' entry points.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{self, ExecOptions};
+use crate::settings::{FileSettings, ServeFlags, ServeSettings};
+
+/// Runs a command once per key and streams its output to every caller: a cache in
+/// front of `git pack-objects` for clone storms, or any expensive command.
+#[derive(Debug, Parser)]
+#[command(name = "streamcache", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: owns the cache, listens on a Unix socket, runs commands.
+    Serve(ServeArgs),
+    /// Run a command through the daemon (git's pack-objects hook runs this).
+    ///
+    /// Reads all of stdin, asks the daemon for the command's output (running it there
+    /// once for all identical concurrent requests) and relays stdout, stderr and the
+    /// exit code. If the daemon is unreachable or refuses, runs the command itself.
+    ///
+    /// Git set-up: git config --system uploadpack.packObjectsHook '/usr/local/bin/streamcache exec --'
+    Exec(ExecArgs),
+    /// Print the daemon's counters.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The Unix socket to listen on [default: $XDG_RUNTIME_DIR/streamcache.sock, else
+    /// <dir>/streamcache.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The cache's directory; entries go in <dir>/entries [default:
+    /// $XDG_CACHE_HOME/streamcache, else ~/.cache/streamcache].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// A TOML file with these settings (flags win) [default:
+    /// $XDG_CONFIG_HOME/streamcache/config.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// How long an entry is served after it was made [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    max_age: Option<String>,
+    /// Cache a key only from its (N+1)-th occurrence within about 2 max-ages [default: 0].
+    #[arg(long, value_name = "N")]
+    min_occurrences: Option<u32>,
+    /// Let commands write at full speed instead of at most one frame ahead of their
+    /// fastest reader.
+    #[arg(long)]
+    no_backpressure: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9236).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Allow PROGRAM, or PROGRAM with first argument SUBCOMMAND; repeatable; replaces
+    /// the default list [default: git:pack-objects].
+    #[arg(long, value_name = "PROGRAM[:SUBCOMMAND]")]
+    allow: Vec<String>,
+    /// On SIGTERM/SIGINT, how long streams in flight may finish [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    grace: Option<String>,
+    /// Kill a command that runs longer than this; 0 for no limit [default: no limit].
+    #[arg(long, value_name = "DURATION")]
+    producer_timeout: Option<String>,
+    /// How long a client may take to send its request and stdin [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    request_timeout: Option<String>,
+    /// The largest stdin accepted, in bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    max_stdin: Option<u64>,
+    /// error, warn, info, debug or trace [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// More logging: -v is debug, -vv trace (overrides --log-level).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// Say on stderr why the daemon was not used (git shows it as "remote: ...").
+    #[arg(short, long)]
+    verbose: bool,
+    /// The daemon's socket [default: $STREAMCACHE_SOCKET, the config file's socket, or
+    /// the daemon's default].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Extra material for the cache key (e.g. a tenant or repository id).
+    #[arg(long, value_name = "MATERIAL")]
+    key: Option<OsString>,
+    /// Also send this environment variable (it goes into the key); repeatable.
+    #[arg(long = "env", value_name = "NAME")]
+    env: Vec<OsString>,
+    /// The command: PROGRAM ARGS...
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROGRAM"
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    /// The daemon's socket [default: as for exec].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the raw key=value lines instead of the table.
+    #[arg(long)]
+    raw: bool,
+}
+
+/// The binary's `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Exec(args) => {
+            let code = client::exec(ExecOptions {
+                verbose: args.verbose,
+                socket: args.socket,
+                key: args.key,
+                extra_env: args.env,
+                command: args.command,
+            });
+            ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+        }
+        Command::Serve(args) => report(serve(args)),
+        Command::Stats(args) => report(stats(args)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streamcache: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let (file, file_path) = FileSettings::find(args.config.as_deref())?;
+    let level = match args.verbose {
+        0 => args.log_level.clone(),
+        1 => Some("debug".to_owned()),
+        _ => Some("trace".to_owned()),
+    };
+    let flags = ServeFlags {
+        socket: args.socket,
+        dir: args.dir,
+        max_age: args.max_age,
+        min_occurrences: args.min_occurrences,
+        no_backpressure: args.no_backpressure,
+        metrics_listen: args.metrics_listen,
+        allow: args.allow,
+        grace: args.grace,
+        producer_timeout: args.producer_timeout,
+        request_timeout: args.request_timeout,
+        max_stdin: args.max_stdin,
+        log_level: level,
+    };
+    let settings = ServeSettings::resolve(file, flags)?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(settings.log_level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Some(path) = file_path {
+        tracing::info!(path = %path.display(), "read config file");
+    }
+    crate::server::serve(settings)
+}
+
+fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let mut notes = Vec::new();
+    let socket = crate::settings::client_socket(args.socket, &mut notes)
+        .ok_or_else(|| anyhow::anyhow!("no socket path: pass --socket"))?;
+    for note in notes {
+        eprintln!("streamcache: {note}");
+    }
+    let text = client::fetch_stats(&socket)?;
+    if args.raw {
+        print!("{text}");
+    } else {
+        print!(
+            "{}",
+            crate::metrics::human_table(&crate::metrics::parse_stats(&text))
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_everything_after_the_double_dash_as_the_command() {
+        let cli = Cli::try_parse_from([
+            "streamcache",
+            "exec",
+            "-v",
+            "--socket",
+            "/s",
+            "--",
+            "git",
+            "--shallow-file",
+            "",
+            "pack-objects",
+            "--stdout",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
+        assert!(args.verbose);
+        assert_eq!(args.socket, Some(PathBuf::from("/s")));
+        let command: Vec<&str> = args.command.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            command,
+            ["git", "--shallow-file", "", "pack-objects", "--stdout"]
+        );
+    }
+}

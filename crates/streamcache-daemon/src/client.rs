@@ -1,0 +1,392 @@
+//! `streamcache exec`: the client, as git's `uploadpack.packObjectsHook` runs it.
+//!
+//! 1. Read all of stdin (upload-pack writes all of it before reading any output).
+//! 2. Send the daemon the command, the canonical working directory, the environment
+//!    variables that matter (see [`forwarded_env`]), `--key` material and the stdin.
+//! 3. Relay the reply: stdout frames to stdout, stderr frames to stderr, then exit with
+//!    the command's exit code (128 + n for a signal), but only if the trailer says the
+//!    entry was complete. A reply that breaks off ends in a non-zero exit: upload-pack
+//!    must never take a truncated pack for a whole one.
+//!
+//! **Fail open.** If the daemon cannot be reached, refuses, or fails before a single
+//! byte of output was relayed, the client runs the command itself: it `exec`s it with
+//! the buffered stdin, so from then on it *is* the command (same exit status, same
+//! signals). It explains why on stderr only with `-v`, because git shows a hook's stderr
+//! to the user as `remote: …`, even for `clone -q`.
+//!
+//! **Signals.** upload-pack sends SIGTERM (or the signal that killed it, often SIGPIPE)
+//! to its hook when it exits. The client keeps the default SIGTERM action (die quietly);
+//! SIGPIPE is ignored, as in every Rust program, so a closed stdout shows up as `EPIPE`
+//! and the client exits 141 without a word. The producer runs in the daemon and goes on
+//! for the other callers.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::spill::Spill;
+use crate::wire::{self, Demux, Event, Kind, Request, Status, WireError};
+
+/// Environment variables sent along, besides every `GIT_*` one (except the tracing
+/// ones). They decide what git does in the working directory, so they go into the key
+/// and the command runs with exactly them.
+pub(crate) const FORWARDED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "XDG_CONFIG_HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+];
+
+/// How long the client waits for the daemon's first answer before running the
+/// command itself. The daemon answers before the command has produced anything, so
+/// this only fires on a daemon that is stuck.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `exec` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct ExecOptions {
+    pub(crate) verbose: bool,
+    pub(crate) socket: Option<PathBuf>,
+    pub(crate) key: Option<OsString>,
+    pub(crate) extra_env: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
+}
+
+/// Whether a variable of the client's environment is sent to the daemon.
+pub(crate) fn forwarded_env(name: &OsStr, extra: &[OsString]) -> bool {
+    let bytes = name.as_bytes();
+    if extra.iter().any(|e| e.as_os_str() == name) {
+        return true;
+    }
+    if bytes.starts_with(b"GIT_TRACE") {
+        return false;
+    }
+    bytes.starts_with(b"GIT_") || FORWARDED_ENV.iter().any(|f| f.as_bytes() == bytes)
+}
+
+/// Runs `exec` and returns the exit code (unless it `exec`s the command itself).
+pub(crate) fn exec(opts: ExecOptions) -> i32 {
+    let Some((program, args)) = opts.command.split_first() else {
+        eprintln!("streamcache exec: no command given");
+        return 2;
+    };
+    let say = |msg: &str| {
+        if opts.verbose {
+            eprintln!("streamcache: {msg}");
+        }
+    };
+    let mut stdin = match Spill::read_all(&mut io::stdin().lock(), None) {
+        Ok(stdin) => stdin,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Spill::new(None),
+        Err(e) => {
+            // Without the whole stdin neither the daemon nor the command can run.
+            eprintln!("streamcache: cannot read stdin: {e}");
+            return 1;
+        }
+    };
+    let mut notes = Vec::new();
+    let socket = crate::settings::client_socket(opts.socket.clone(), &mut notes);
+    for note in &notes {
+        say(note);
+    }
+    let reason = match socket {
+        None => "no socket path: set --socket".to_owned(),
+        Some(socket) => match through_daemon(&opts, program, args, &socket, &mut stdin) {
+            Done::Exit(code) => return code,
+            Done::Fallback(reason) => reason,
+        },
+    };
+    say(&format!(
+        "{reason}; running {} directly",
+        program.to_string_lossy()
+    ));
+    run_directly(program, args, stdin)
+}
+
+/// How a daemon round trip ended.
+enum Done {
+    /// Output was relayed; exit with this code.
+    Exit(i32),
+    /// Nothing was relayed; run the command directly, for this reason.
+    Fallback(String),
+}
+
+fn through_daemon(
+    opts: &ExecOptions,
+    program: &OsStr,
+    args: &[OsString],
+    socket: &Path,
+    stdin: &mut Spill,
+) -> Done {
+    let cwd = match std::env::current_dir().and_then(std::fs::canonicalize) {
+        Ok(cwd) => cwd,
+        Err(e) => return Done::Fallback(format!("no working directory: {e}")),
+    };
+    let request = Request {
+        program: program.as_bytes().to_vec(),
+        args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        cwd: cwd.as_os_str().as_bytes().to_vec(),
+        env: std::env::vars_os()
+            .filter(|(k, _)| forwarded_env(k, &opts.extra_env))
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect(),
+        key_material: opts
+            .key
+            .as_ref()
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default(),
+        stdin_len: stdin.len(),
+    };
+    let payload = request.encode();
+    if payload.len() > wire::MAX_REQUEST_PAYLOAD {
+        return Done::Fallback(format!(
+            "the request is too large for the daemon ({} bytes)",
+            payload.len()
+        ));
+    }
+    let mut conn = match UnixStream::connect(socket) {
+        Ok(conn) => conn,
+        Err(e) => {
+            return Done::Fallback(format!(
+                "cannot reach the daemon at {}: {e}",
+                socket.display()
+            ))
+        }
+    };
+    let sent = conn
+        .write_all(&wire::frame(Kind::Request, &payload))
+        .and_then(|()| stdin.copy_to(&mut conn));
+    if let Err(e) = conn.set_read_timeout(Some(ANSWER_TIMEOUT)) {
+        return Done::Fallback(format!("socket: {e}"));
+    }
+    let mut relay = Relay::new(conn);
+    match relay.run() {
+        Ok(code) => Done::Exit(code),
+        Err(Failure::BeforeOutput(reason)) => Done::Fallback(match sent {
+            // The daemon may have answered (a refusal) before it read everything.
+            Err(e) if !reason.starts_with("daemon ") => format!("cannot send the request: {e}"),
+            _ => reason,
+        }),
+        Err(Failure::StdoutClosed) => Done::Exit(141),
+        Err(Failure::AfterOutput(reason)) => {
+            if opts.verbose {
+                eprintln!("streamcache: {reason}");
+            }
+            Done::Exit(1)
+        }
+    }
+}
+
+/// Why a relay stopped short.
+enum Failure {
+    /// Nothing was written to stdout or stderr yet: the command can still run here.
+    BeforeOutput(String),
+    /// Our stdout is gone (upload-pack left): exit quietly.
+    StdoutClosed,
+    /// The reply broke off after output was relayed: exit non-zero.
+    AfterOutput(String),
+}
+
+struct Relay {
+    conn: UnixStream,
+    demux: Demux,
+    wrote_output: bool,
+    stderr_open: bool,
+    exit: Option<wire::ExitStatus>,
+    verdict: Option<Result<(), String>>,
+    status: Option<(Status, String)>,
+    stdout_closed: bool,
+}
+
+impl Relay {
+    fn new(conn: UnixStream) -> Relay {
+        Relay {
+            conn,
+            demux: Demux::new(),
+            wrote_output: false,
+            stderr_open: true,
+            exit: None,
+            verdict: None,
+            status: None,
+            stdout_closed: false,
+        }
+    }
+
+    fn fail(&self, reason: String) -> Failure {
+        if self.wrote_output {
+            Failure::AfterOutput(reason)
+        } else {
+            Failure::BeforeOutput(reason)
+        }
+    }
+
+    fn run(&mut self) -> Result<i32, Failure> {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match self.conn.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.fail(format!("daemon connection: {e}"))),
+            };
+            if n == 0 {
+                break;
+            }
+            let data = &buf[..n];
+            let result = self.feed(data);
+            if self.stdout_closed {
+                return Err(Failure::StdoutClosed);
+            }
+            if let Err(e) = result {
+                return Err(self.fail(format!("daemon reply: {e}")));
+            }
+            if let Some((status @ (Status::Refused | Status::Error), message)) = &self.status {
+                return Err(Failure::BeforeOutput(format!("daemon {status}: {message}")));
+            }
+            if self.status.is_some() {
+                // Answered: from now on the command may be silent for as long as it likes.
+                if let Err(e) = self.conn.set_read_timeout(None) {
+                    return Err(self.fail(format!("socket: {e}")));
+                }
+            }
+        }
+        match (&self.status, &self.verdict, self.exit) {
+            (None, _, _) => Err(self.fail("daemon closed the connection without answering".into())),
+            (_, Some(Ok(())), Some(exit)) => Ok(exit.shell_code()),
+            // The command failed: its exit code (never 0) is the answer.
+            (_, Some(Err(_)), Some(exit)) if !exit.success() => Ok(exit.shell_code()),
+            (_, Some(Err(e)), _) => Err(self.fail(format!("daemon: {e}"))),
+            (_, Some(Ok(())), None) => Err(self.fail("daemon reply has no exit status".into())),
+            (_, None, _) => Err(self.fail("daemon reply broke off".into())),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) -> Result<(), WireError> {
+        let Relay {
+            demux,
+            wrote_output,
+            stderr_open,
+            exit,
+            verdict,
+            status,
+            stdout_closed,
+            ..
+        } = self;
+        demux.feed(data, |event| {
+            match event {
+                Event::Response(s, message) => *status = Some((s, message)),
+                Event::Stdout(bytes) => {
+                    *wrote_output = true;
+                    if let Err(e) = write_fd(io::stdout().as_fd(), bytes) {
+                        if e.kind() == io::ErrorKind::BrokenPipe {
+                            *stdout_closed = true;
+                        }
+                        return Err(e);
+                    }
+                }
+                Event::Stderr(bytes) => {
+                    *wrote_output = true;
+                    // A closed stderr loses progress messages, nothing else.
+                    if *stderr_open && write_fd(io::stderr().as_fd(), bytes).is_err() {
+                        *stderr_open = false;
+                    }
+                }
+                Event::Exit(e) => *exit = Some(e),
+                Event::Trailer(v) => *verdict = Some(v),
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Writes all of `bytes` straight to a descriptor: no buffering, no line scanning.
+fn write_fd(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Becomes the command: `exec` with the buffered stdin. Returns only if that fails.
+fn run_directly(program: &OsStr, args: &[OsString], stdin: Spill) -> i32 {
+    let stdin = match stdin.into_stdio() {
+        Ok(stdin) => stdin,
+        Err(e) => {
+            eprintln!("streamcache: cannot pass stdin on: {e}");
+            return 1;
+        }
+    };
+    let err = Command::new(program).args(args).stdin(stdin).exec();
+    eprintln!(
+        "streamcache: cannot run {}: {err}",
+        program.to_string_lossy()
+    );
+    if err.kind() == io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
+/// `streamcache stats`: asks the daemon for its counters.
+pub(crate) fn fetch_stats(socket: &Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let mut conn = UnixStream::connect(socket)
+        .with_context(|| format!("cannot reach the daemon at {}", socket.display()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    wire::write_frame(&mut conn, Kind::StatsRequest, &[wire::PROTOCOL_VERSION])?;
+    let (kind, payload) = wire::read_frame(&mut conn).context("reading the daemon's reply")?;
+    match kind {
+        Kind::StatsReply => Ok(String::from_utf8_lossy(&payload).into_owned()),
+        Kind::Response => {
+            let (status, message) = wire::decode_response(&payload)?;
+            anyhow::bail!("daemon {status}: {message}")
+        }
+        other => anyhow::bail!("unexpected {other:?} frame from the daemon"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_variables_and_the_basics_are_forwarded_but_not_tracing_or_the_rest() {
+        let extra = vec![OsString::from("TENANT")];
+        for name in [
+            "GIT_DIR",
+            "GIT_PROTOCOL",
+            "GIT_EXEC_PATH",
+            "PATH",
+            "HOME",
+            "LC_ALL",
+            "TENANT",
+        ] {
+            assert!(forwarded_env(OsStr::new(name), &extra), "{name}");
+        }
+        for name in [
+            "GIT_TRACE",
+            "GIT_TRACE2_EVENT",
+            "SSH_CONNECTION",
+            "USER",
+            "REMOTE_ADDR",
+            "LD_PRELOAD",
+        ] {
+            assert!(!forwarded_env(OsStr::new(name), &extra), "{name}");
+        }
+    }
+}

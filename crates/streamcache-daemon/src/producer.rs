@@ -1,0 +1,353 @@
+//! The producer of an entry: runs the command and writes its output as frames.
+//!
+//! It runs on a thread of the cache library, not on the connection that asked for it,
+//! so the first caller leaving does not stop it (spec 7.4: upload-pack kills its hook
+//! when it exits). It stops when every reader has left: the library's writer then
+//! fails with `BrokenPipe`, and the child is killed.
+//!
+//! The entry is a sequence of frames (see [`crate::wire`]): `O` and `E` frames of at
+//! most 64 KiB with the command's stdout and stderr in the order they were read, then
+//! one `X` frame with how it ended. stdout and stderr are read with `poll(2)` from one
+//! thread, so neither pipe can fill up and block the child while the other is read.
+//! Each frame is one write call, so the library's back pressure holds the child at
+//! most one frame ahead of the fastest reader.
+//!
+//! A command that fails (non-zero exit or a signal) still gets its exit frame written,
+//! then the producer returns an error: every reader attached to the entry gets the
+//! stderr and the exit code, and the library drops the entry so the next caller runs
+//! the command afresh.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::{Pid, Signal};
+
+use crate::spill::Spill;
+use crate::wire::{self, ExitStatus, Kind, HEADER_LEN, MAX_DATA_PAYLOAD};
+
+/// The children the daemon is running, so that a shutdown can stop them.
+#[derive(Debug, Default)]
+pub(crate) struct Children {
+    pids: Mutex<HashSet<i32>>,
+    started: std::sync::atomic::AtomicU64,
+}
+
+impl Children {
+    fn add(self: &Arc<Self>, pid: u32) -> ChildGuard {
+        let pid = i32::try_from(pid).unwrap_or(i32::MAX);
+        lock(&self.pids).insert(pid);
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ChildGuard {
+            children: Arc::clone(self),
+            pid,
+        }
+    }
+
+    /// Children running now.
+    pub(crate) fn running(&self) -> usize {
+        lock(&self.pids).len()
+    }
+
+    /// Children started since the daemon started.
+    pub(crate) fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends `signal` to every running child. Their producers reap them.
+    pub(crate) fn signal_all(&self, signal: Signal) {
+        for &pid in lock(&self.pids).iter() {
+            if let Some(pid) = Pid::from_raw(pid) {
+                // The child may have exited (unreaped); failing to signal it is fine.
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct ChildGuard {
+    children: Arc<Children>,
+    pid: i32,
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        lock(&self.children.pids).remove(&self.pid);
+    }
+}
+
+/// Everything needed to run one command.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) program: OsString,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) stdin: Spill,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) children: Arc<Children>,
+}
+
+impl Job {
+    /// Runs the command, writing its frames into `w`. See the module docs.
+    pub(crate) fn run<W: Write>(self, w: &mut W) -> io::Result<()> {
+        let program = self.program.to_string_lossy().into_owned();
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .current_dir(&self.cwd)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(self.stdin.into_stdio()?)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C meant for a daemon in a terminal does not
+            // reach the children; the daemon stops them itself.
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {program:?}: {e}")))?;
+        let _guard = self.children.add(child.id());
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let pumped = match (child.stdout.take(), child.stderr.take()) {
+            (Some(out), Some(err)) => pump(out.into(), err.into(), w, deadline),
+            _ => Err(io::Error::other("child pipes missing")),
+        };
+        if let Err(e) = pumped {
+            stop(&mut child);
+            if e.kind() == io::ErrorKind::TimedOut {
+                tracing::warn!(program, "producer timed out; child killed");
+            } else {
+                tracing::debug!(program, error = %e, "producer stopped; child killed");
+            }
+            return Err(e);
+        }
+        let status = child.wait()?;
+        let exit = match (status.code(), status.signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(signal)) => ExitStatus::Signal(signal),
+            (None, None) => ExitStatus::Code(-1),
+        };
+        w.write_all(&wire::frame(Kind::Exit, &exit.encode()))?;
+        if exit.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("{program} ended with {exit}")))
+        }
+    }
+}
+
+fn stop(child: &mut Child) {
+    // The child may already be gone; then there is nothing to stop.
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Copies the child's stdout and stderr into frames until both are closed.
+fn pump<W: Write>(
+    out: OwnedFd,
+    err: OwnedFd,
+    w: &mut W,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let mut open: Vec<(OwnedFd, Kind)> = vec![(out, Kind::Stdout), (err, Kind::Stderr)];
+    let mut buf = vec![0u8; HEADER_LEN + MAX_DATA_PAYLOAD];
+    while !open.is_empty() {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "producer timeout reached",
+                    ));
+                }
+                Some(
+                    rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+                        tv_sec: i64::MAX,
+                        tv_nsec: 0,
+                    }),
+                )
+            }
+        };
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = open
+                .iter()
+                .map(|(fd, _)| PollFd::new(fd, PollFlags::IN))
+                .collect();
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            fds.iter().map(|p| !p.revents().is_empty()).collect()
+        };
+        let mut closed = Vec::new();
+        for (i, (fd, kind)) in open.iter().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            let n = match rustix::io::read(fd.as_fd(), &mut buf[HEADER_LEN..]) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                closed.push(i);
+                continue;
+            }
+            let header: &mut [u8; HEADER_LEN] = (&mut buf[..HEADER_LEN])
+                .try_into()
+                .expect("the buffer starts with a header's worth of bytes");
+            wire::put_header(header, *kind, n);
+            // One write call per frame: the library stores it whole or not at all.
+            w.write_all(&buf[..HEADER_LEN + n])?;
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Demux, Event};
+
+    fn job(script: &str, stdin: &[u8]) -> Job {
+        let spill = Spill::read_all(&mut &stdin[..], None).unwrap();
+        Job {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: "/".into(),
+            env: vec![("PATH".into(), std::env::var_os("PATH").unwrap())],
+            stdin: spill,
+            timeout: None,
+            children: Arc::default(),
+        }
+    }
+
+    /// Runs the frames through the client's demultiplexer.
+    fn demux(entry: &[u8]) -> (Vec<u8>, Vec<u8>, Option<ExitStatus>) {
+        let mut reply = wire::frame(
+            Kind::Response,
+            &wire::encode_response(wire::Status::Miss, ""),
+        );
+        reply.extend_from_slice(entry);
+        let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), None);
+        Demux::new()
+            .feed(&reply, |ev| {
+                match ev {
+                    Event::Stdout(b) => out.extend_from_slice(b),
+                    Event::Stderr(b) => err.extend_from_slice(b),
+                    Event::Exit(e) => exit = Some(e),
+                    _ => {}
+                }
+                Ok(())
+            })
+            .unwrap();
+        (out, err, exit)
+    }
+
+    #[test]
+    fn stdout_stderr_and_exit_code_come_out_as_frames() {
+        let mut entry = Vec::new();
+        job("cat; echo oops >&2; exit 0", b"hello")
+            .run(&mut entry)
+            .unwrap();
+        let (out, err, exit) = demux(&entry);
+        assert_eq!(out, b"hello");
+        assert_eq!(err, b"oops\n");
+        assert_eq!(exit, Some(ExitStatus::Code(0)));
+    }
+
+    #[test]
+    fn a_failing_command_writes_its_exit_frame_then_fails() {
+        let mut entry = Vec::new();
+        let err = job("echo partial; echo bad >&2; exit 3", b"")
+            .run(&mut entry)
+            .unwrap_err();
+        assert!(err.to_string().contains("exit code 3"), "{err}");
+        let (out, stderr, exit) = demux(&entry);
+        assert_eq!(out, b"partial\n");
+        assert_eq!(stderr, b"bad\n");
+        assert_eq!(exit, Some(ExitStatus::Code(3)));
+    }
+
+    #[test]
+    fn a_command_killed_by_a_signal_reports_the_signal() {
+        let mut entry = Vec::new();
+        job("kill -TERM $$", b"").run(&mut entry).unwrap_err();
+        assert_eq!(demux(&entry).2, Some(ExitStatus::Signal(15)));
+    }
+
+    #[test]
+    fn large_interleaved_stdout_and_stderr_do_not_deadlock() {
+        // Each stream alone overflows a pipe buffer many times over.
+        let mut entry = Vec::new();
+        job(
+            "i=0; while [ $i -lt 200 ]; do head -c 8192 /dev/zero; head -c 8192 /dev/zero >&2; i=$((i+1)); done",
+            b"",
+        )
+        .run(&mut entry)
+        .unwrap();
+        let (out, err, exit) = demux(&entry);
+        assert_eq!(out.len(), 200 * 8192);
+        assert_eq!(err.len(), 200 * 8192);
+        assert_eq!(exit, Some(ExitStatus::Code(0)));
+    }
+
+    #[test]
+    fn a_failing_writer_kills_the_child_and_returns_the_write_error() {
+        struct Gone;
+        impl Write for Gone {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let j = job("echo first; exec sleep 600", b"");
+        let children = Arc::clone(&j.children);
+        let err = j.run(&mut Gone).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        // The child was reaped: nothing is left running.
+        assert_eq!(children.running(), 0);
+        assert_eq!(children.started(), 1);
+    }
+
+    #[test]
+    fn the_timeout_kills_a_command_that_runs_too_long() {
+        let mut j = job("exec sleep 600", b"");
+        j.timeout = Some(Duration::from_millis(50));
+        let mut entry = Vec::new();
+        let err = j.run(&mut entry).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(entry.is_empty());
+    }
+
+    #[test]
+    fn a_program_that_does_not_exist_fails_before_writing_anything() {
+        let mut j = job("", b"");
+        j.program = "/nonexistent/streamcache-test-program".into();
+        let mut entry = Vec::new();
+        let err = j.run(&mut entry).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("cannot run"), "{err}");
+        assert!(entry.is_empty());
+    }
+}

@@ -1,0 +1,421 @@
+//! `streamcache serve`: the daemon.
+//!
+//! Threads, not async: one thread per connection, blocking I/O. The library is
+//! thread-native (producers run on its threads) and a connection spends its life in
+//! one `sendfile(2)` loop, so a thread each is the simplest thing that is also fast.
+//!
+//! A connection: check the peer's uid, read the request frame and the stdin that
+//! follows (under a deadline), check the allow-list, hash the key, `find_or_create`,
+//! answer `H` (hit or miss), copy the entry into the socket with `sendfile`, and end
+//! with a `T` trailer carrying the producer's result. Anything that goes wrong before
+//! the `H` hit/miss answer is reported as `refused` or `error`, and the client runs
+//! the command itself.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::Signal;
+use streamcache::Cache;
+
+use crate::key::KeyHasher;
+use crate::metrics::{self, Counters};
+use crate::producer::{Children, Job};
+use crate::settings::ServeSettings;
+use crate::socket;
+use crate::spill::Spill;
+use crate::wire::{self, Kind, Request, Status, WireError};
+
+/// What every connection thread shares.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub(crate) cache: Cache,
+    pub(crate) settings: ServeSettings,
+    pub(crate) counters: Counters,
+    pub(crate) children: Arc<Children>,
+    pub(crate) started: Instant,
+    active: Mutex<usize>,
+    idle: Condvar,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, then stops gracefully.
+pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    socket::prepare_dir(&settings.dir, true)?;
+    socket::prepare_dir(&settings.entries_dir(), true)?;
+    // Signals first: from here on they are queued for the accept loop, never fatal.
+    let (signal_rx, signal_tx) = UnixStream::pair().context("cannot create the signal pipe")?;
+    signal_tx.set_nonblocking(true)?;
+    signal_rx.set_nonblocking(true)?;
+    let signal_tx = Arc::new(signal_tx);
+    // A second signal, once stopping has begun, ends the process at once.
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stopping))
+            .context("cannot install signal handlers")?;
+        signal_hook::low_level::pipe::register(signal, signal_tx.try_clone()?)
+            .context("cannot install signal handlers")?;
+    }
+    let bound = socket::bind(&settings.socket)?;
+    let cache = Cache::new(settings.cache_config()).context("cannot start the cache")?;
+    let daemon = Arc::new(Daemon {
+        cache,
+        settings,
+        counters: Counters::default(),
+        children: Arc::default(),
+        started: Instant::now(),
+        active: Mutex::new(0),
+        idle: Condvar::new(),
+    });
+    let mut status = format!("serving on {}", bound.path.display());
+    if let Some(addr) = daemon.settings.metrics_listen {
+        let listener =
+            metrics::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let local = listener.local_addr()?;
+        status.push_str(&format!("; metrics on http://{local}/metrics"));
+        let d = Arc::clone(&daemon);
+        std::thread::Builder::new()
+            .name("streamcache-metrics".into())
+            .spawn(move || metrics::serve(listener, d))
+            .context("cannot start the metrics thread")?;
+    }
+    let s = &daemon.settings;
+    tracing::info!(
+        socket = %bound.path.display(),
+        dir = %s.entries_dir().display(),
+        max_age = %humantime::format_duration(s.max_age),
+        min_occurrences = s.min_occurrences,
+        backpressure = s.backpressure,
+        allow = %s.allow,
+        "{status}"
+    );
+    socket::notify(&format!(
+        "READY=1\nSTATUS={status}\nMAINPID={}",
+        std::process::id()
+    ));
+    let result = accept_loop(&daemon, &bound, &signal_rx);
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    bound.remove_file();
+    drop(bound);
+    socket::notify("STOPPING=1");
+    result?;
+    shutdown(&daemon);
+    Ok(())
+}
+
+fn accept_loop(
+    daemon: &Arc<Daemon>,
+    bound: &socket::Bound,
+    signals: &UnixStream,
+) -> anyhow::Result<()> {
+    bound.listener.set_nonblocking(true)?;
+    loop {
+        let (listen_ready, signal_ready) = {
+            let mut fds = [
+                PollFd::new(&bound.listener, PollFlags::IN),
+                PollFd::new(signals, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io::Error::from(e)).context("poll"),
+            }
+            (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
+        };
+        if signal_ready {
+            tracing::info!("signal received: no longer accepting connections");
+            return Ok(());
+        }
+        if !listen_ready {
+            continue;
+        }
+        match bound.listener.accept() {
+            Ok((stream, _)) => spawn_connection(daemon, stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                // EMFILE and friends: log, back off a little, keep serving.
+                tracing::error!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
+    daemon.counters.connections.fetch_add(1, Relaxed);
+    *lock(&daemon.active) += 1;
+    daemon.counters.active.fetch_add(1, Relaxed);
+    let d = Arc::clone(daemon);
+    let spawned = std::thread::Builder::new()
+        .name("streamcache-conn".into())
+        .spawn(move || {
+            let _done = ActiveGuard(&d);
+            if let Err(e) = stream.set_nonblocking(false) {
+                tracing::warn!(error = %e, "cannot make the connection blocking");
+                return;
+            }
+            handle(&d, stream);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a connection thread");
+        *lock(&daemon.active) -= 1;
+        daemon.counters.active.fetch_sub(1, Relaxed);
+    }
+}
+
+struct ActiveGuard<'a>(&'a Daemon);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        let mut active = lock(&self.0.active);
+        *active -= 1;
+        self.0.counters.active.fetch_sub(1, Relaxed);
+        if *active == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits for connections in flight, up to the grace period, then stops what is left.
+fn shutdown(daemon: &Daemon) {
+    let grace = daemon.settings.grace;
+    let deadline = Instant::now() + grace;
+    let mut active = lock(&daemon.active);
+    if *active > 0 {
+        tracing::info!(connections = *active, grace = %humantime::format_duration(grace), "waiting for streams in flight");
+    }
+    while *active > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        active = daemon
+            .idle
+            .wait_timeout(active, left)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0;
+    }
+    let left = *active;
+    drop(active);
+    if left > 0 || daemon.children.running() > 0 {
+        tracing::warn!(
+            connections = left,
+            children = daemon.children.running(),
+            "grace period over: stopping what is left"
+        );
+        daemon.children.signal_all(Signal::KILL);
+    }
+    daemon.cache.stop();
+    tracing::info!("stopped");
+}
+
+fn handle(daemon: &Daemon, mut stream: UnixStream) {
+    let (uid, pid) = match socket::peer(&stream) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the peer's credentials");
+            return;
+        }
+    };
+    if !socket::peer_allowed(uid) {
+        daemon.counters.peer_refused.fetch_add(1, Relaxed);
+        tracing::warn!(uid, pid, "refusing a peer of another user");
+        let message = format!(
+            "peer uid {uid} may not use this daemon (it serves uid {} and root)",
+            rustix::process::geteuid().as_raw()
+        );
+        respond(&mut stream, Status::Refused, &message);
+        return;
+    }
+    let deadline = Instant::now() + daemon.settings.request_timeout;
+    let first = with_deadline(&stream, deadline).and_then(|()| wire::read_frame(&mut stream));
+    let (kind, payload) = match first {
+        Ok(frame) => frame,
+        Err(e) => {
+            bad_request(daemon, &mut stream, pid, &e.to_string());
+            return;
+        }
+    };
+    match kind {
+        Kind::StatsRequest => {
+            let text = metrics::stats_text(daemon);
+            let _ = wire::write_frame(&mut stream, Kind::StatsReply, text.as_bytes());
+        }
+        Kind::Request => match Request::decode(&payload, &daemon.settings.limits) {
+            Ok(request) => serve_request(daemon, stream, pid, request, deadline),
+            Err(e) => bad_request(daemon, &mut stream, pid, &e.to_string()),
+        },
+        other => bad_request(
+            daemon,
+            &mut stream,
+            pid,
+            &format!("unexpected {other:?} frame"),
+        ),
+    }
+}
+
+fn bad_request(daemon: &Daemon, stream: &mut UnixStream, pid: i32, reason: &str) {
+    daemon.counters.bad_requests.fetch_add(1, Relaxed);
+    tracing::warn!(pid, reason, "bad request");
+    respond(stream, Status::Error, &format!("bad request: {reason}"));
+}
+
+fn respond(stream: &mut UnixStream, status: Status, message: &str) {
+    // The client may be gone already; there is nobody to tell then.
+    let _ = wire::write_frame(
+        stream,
+        Kind::Response,
+        &wire::encode_response(status, message),
+    );
+}
+
+fn with_deadline(stream: &UnixStream, deadline: Instant) -> Result<(), WireError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(WireError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "request not received in time",
+        )));
+    }
+    stream.set_read_timeout(Some(left))?;
+    Ok(())
+}
+
+fn serve_request(
+    daemon: &Daemon,
+    mut stream: UnixStream,
+    pid: i32,
+    request: Request,
+    deadline: Instant,
+) {
+    let program = String::from_utf8_lossy(&request.program).into_owned();
+    if let Err(reason) = daemon.settings.allow.check(&request.program, &request.args) {
+        daemon.counters.refused.fetch_add(1, Relaxed);
+        tracing::info!(pid, program, reason, "refused");
+        respond(&mut stream, Status::Refused, &reason);
+        return;
+    }
+    let cwd = match std::fs::canonicalize(OsString::from_vec(request.cwd.clone())) {
+        Ok(cwd) if cwd.is_dir() => cwd,
+        Ok(cwd) => {
+            let reason = format!("working directory {} is not a directory", cwd.display());
+            return bad_request(daemon, &mut stream, pid, &reason);
+        }
+        Err(e) => {
+            let reason = format!(
+                "working directory {}: {e}",
+                String::from_utf8_lossy(&request.cwd)
+            );
+            return bad_request(daemon, &mut stream, pid, &reason);
+        }
+    };
+    let mut hasher = KeyHasher::new(&request, cwd.as_os_str().as_bytes());
+    let stdin = match read_stdin(&mut stream, &request, &mut hasher, daemon, deadline) {
+        Ok(stdin) => stdin,
+        Err(e) => return bad_request(daemon, &mut stream, pid, &format!("stdin: {e}")),
+    };
+    let key = hasher.finish();
+    let job = Job {
+        program: OsString::from_vec(request.program),
+        args: request.args.into_iter().map(OsString::from_vec).collect(),
+        cwd,
+        env: request
+            .env
+            .into_iter()
+            .map(|(k, v)| (OsString::from_vec(k), OsString::from_vec(v)))
+            .collect(),
+        stdin,
+        timeout: daemon.settings.producer_timeout,
+        children: Arc::clone(&daemon.children),
+    };
+    let span = tracing::info_span!("request", pid, key = &key[..16]);
+    let _enter = span.enter();
+    let (mut entry, created) = match daemon.cache.find_or_create(&key, move |w| job.run(w)) {
+        Ok(found) => found,
+        Err(e) => {
+            daemon.counters.errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, "cache lookup failed; the client runs the command itself");
+            respond(&mut stream, Status::Error, &format!("cache: {e}"));
+            return;
+        }
+    };
+    let status = if created { Status::Miss } else { Status::Hit };
+    tracing::debug!(program, %status, "serving");
+    let started = Instant::now();
+    if let Err(e) = stream.set_read_timeout(None).and_then(|()| {
+        stream.write_all(&wire::frame(
+            Kind::Response,
+            &wire::encode_response(status, ""),
+        ))
+    }) {
+        daemon.counters.client_gone.fetch_add(1, Relaxed);
+        tracing::debug!(error = %e, "client left before the answer");
+        return;
+    }
+    let sent = entry.send_to(&stream.as_fd());
+    let verdict = match sent {
+        Ok(_) => entry.wait(),
+        Err(e) => Err(e),
+    };
+    let verdict = match verdict {
+        Err(streamcache::Error::Copy(e)) => {
+            daemon.counters.client_gone.fetch_add(1, Relaxed);
+            tracing::debug!(error = %e, bytes = entry.position(), "client left during the stream");
+            return;
+        }
+        Err(e) => Err(e.to_string()),
+        Ok(()) => Ok(()),
+    };
+    tracing::info!(
+        program,
+        %status,
+        bytes = entry.position(),
+        ms = started.elapsed().as_millis() as u64,
+        ok = verdict.is_ok(),
+        "served"
+    );
+    if let Err(e) = stream.write_all(&wire::frame(Kind::Trailer, &wire::encode_trailer(&verdict))) {
+        daemon.counters.client_gone.fetch_add(1, Relaxed);
+        tracing::debug!(error = %e, "client left before the trailer");
+    }
+}
+
+/// Reads exactly the announced stdin, hashing it and buffering it for the producer.
+fn read_stdin(
+    stream: &mut UnixStream,
+    request: &Request,
+    hasher: &mut KeyHasher,
+    daemon: &Daemon,
+    deadline: Instant,
+) -> Result<Spill, WireError> {
+    let mut spill = Spill::new(Some(daemon.settings.dir.clone()));
+    let mut left = request.stdin_len;
+    let mut buf = vec![0u8; 64 << 10];
+    while left > 0 {
+        with_deadline(stream, deadline)?;
+        let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) => return Err(WireError::Truncated { what: "stdin" }),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(WireError::Io(e)),
+        };
+        hasher.update(&buf[..n]);
+        spill.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(spill)
+}

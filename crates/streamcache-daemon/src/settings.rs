@@ -1,0 +1,382 @@
+//! Settings: embedded defaults, the optional TOML file, and flags, in that order of
+//! precedence (flags win).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::allow::{AllowList, DEFAULT_RULES};
+use crate::wire::Limits;
+
+/// The default min-occurrences of the daemon. See `docs/DAEMON.md`: a clone storm's
+/// first burst should share one producer, which admission after the first occurrence
+/// would split in two.
+pub(crate) const DEFAULT_MIN_OCCURRENCES: u32 = 0;
+/// How long a client has to send its whole request.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping daemon lets streams in flight finish.
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// The TOML file, as written. Every key is optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FileSettings {
+    pub(crate) socket: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) max_age: Option<String>,
+    pub(crate) min_occurrences: Option<u32>,
+    pub(crate) backpressure: Option<bool>,
+    pub(crate) metrics_listen: Option<String>,
+    pub(crate) allow: Option<Vec<String>>,
+    pub(crate) grace: Option<String>,
+    pub(crate) producer_timeout: Option<String>,
+    pub(crate) request_timeout: Option<String>,
+    pub(crate) max_stdin: Option<u64>,
+    pub(crate) log_level: Option<String>,
+}
+
+impl FileSettings {
+    /// Reads and parses `path`.
+    pub(crate) fn load(path: &Path) -> anyhow::Result<FileSettings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        FileSettings::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub(crate) fn parse(text: &str) -> anyhow::Result<FileSettings> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The file given with `--config`, else the default file if it exists.
+    pub(crate) fn find(explicit: Option<&Path>) -> anyhow::Result<(FileSettings, Option<PathBuf>)> {
+        if let Some(path) = explicit {
+            return Ok((FileSettings::load(path)?, Some(path.to_path_buf())));
+        }
+        match default_config_file() {
+            Some(path) if path.exists() => Ok((FileSettings::load(&path)?, Some(path))),
+            _ => Ok((FileSettings::default(), None)),
+        }
+    }
+}
+
+/// `serve`'s flags that override the file. `None`/empty means "not given".
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ServeFlags {
+    pub(crate) socket: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) max_age: Option<String>,
+    pub(crate) min_occurrences: Option<u32>,
+    pub(crate) no_backpressure: bool,
+    pub(crate) metrics_listen: Option<String>,
+    pub(crate) allow: Vec<String>,
+    pub(crate) grace: Option<String>,
+    pub(crate) producer_timeout: Option<String>,
+    pub(crate) request_timeout: Option<String>,
+    pub(crate) max_stdin: Option<u64>,
+    pub(crate) log_level: Option<String>,
+}
+
+/// What the daemon runs with, every value resolved and checked.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeSettings {
+    pub(crate) socket: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) max_age: Duration,
+    pub(crate) min_occurrences: u32,
+    pub(crate) backpressure: bool,
+    pub(crate) metrics_listen: Option<SocketAddr>,
+    pub(crate) allow: AllowList,
+    pub(crate) grace: Duration,
+    pub(crate) producer_timeout: Option<Duration>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) limits: Limits,
+    pub(crate) log_level: tracing::Level,
+}
+
+impl ServeSettings {
+    /// Directory the library's entry files go in: a subdirectory, because the
+    /// library's sweep removes every old file under its root (the socket too).
+    pub(crate) fn entries_dir(&self) -> PathBuf {
+        self.dir.join("entries")
+    }
+
+    pub(crate) fn resolve(file: FileSettings, flags: ServeFlags) -> anyhow::Result<ServeSettings> {
+        let dir = match flags.dir.or(file.dir) {
+            Some(dir) => absolute("dir", dir)?,
+            None => default_cache_dir()?,
+        };
+        let socket = match flags.socket.or(file.socket) {
+            Some(socket) => absolute("socket", socket)?,
+            None => default_socket(&dir),
+        };
+        let max_age = match flags.max_age.or(file.max_age) {
+            Some(text) => duration("max_age", &text)?,
+            None => streamcache::DEFAULT_MAX_AGE,
+        };
+        let min_occurrences = flags
+            .min_occurrences
+            .or(file.min_occurrences)
+            .unwrap_or(DEFAULT_MIN_OCCURRENCES);
+        let backpressure = if flags.no_backpressure {
+            false
+        } else {
+            file.backpressure.unwrap_or(true)
+        };
+        let metrics_listen = match flags.metrics_listen.or(file.metrics_listen) {
+            Some(text) if !text.is_empty() => Some(
+                text.parse::<SocketAddr>()
+                    .map_err(|e| anyhow::anyhow!("metrics_listen: {text:?}: {e}"))?,
+            ),
+            _ => None,
+        };
+        let rules: Vec<String> = if !flags.allow.is_empty() {
+            flags.allow
+        } else {
+            file.allow
+                .unwrap_or_else(|| DEFAULT_RULES.iter().map(|s| s.to_string()).collect())
+        };
+        let allow = AllowList::parse(&rules).map_err(|e| anyhow::anyhow!("allow: {e}"))?;
+        let grace = match flags.grace.or(file.grace) {
+            Some(text) => duration("grace", &text)?,
+            None => DEFAULT_GRACE,
+        };
+        let producer_timeout = match flags.producer_timeout.or(file.producer_timeout) {
+            Some(text) => Some(duration("producer_timeout", &text)?).filter(|d| !d.is_zero()),
+            None => None,
+        };
+        let request_timeout = match flags.request_timeout.or(file.request_timeout) {
+            Some(text) => duration("request_timeout", &text)?,
+            None => DEFAULT_REQUEST_TIMEOUT,
+        };
+        if request_timeout.is_zero() {
+            bail!("request_timeout: must be more than zero");
+        }
+        let mut limits = Limits::default();
+        if let Some(max) = flags.max_stdin.or(file.max_stdin) {
+            limits.max_stdin = max;
+        }
+        let log_level = match flags.log_level.or(file.log_level) {
+            Some(text) => parse_level(&text)?,
+            None => tracing::Level::INFO,
+        };
+        let settings = ServeSettings {
+            socket,
+            dir,
+            max_age,
+            min_occurrences,
+            backpressure,
+            metrics_listen,
+            allow,
+            grace,
+            producer_timeout,
+            request_timeout,
+            limits,
+            log_level,
+        };
+        if settings.socket.starts_with(settings.entries_dir()) {
+            bail!(
+                "socket: {} is inside the entries directory {}, whose old files are swept",
+                settings.socket.display(),
+                settings.entries_dir().display()
+            );
+        }
+        Ok(settings)
+    }
+
+    /// The library's configuration.
+    pub(crate) fn cache_config(&self) -> streamcache::Config {
+        let mut cfg = streamcache::Config::new(self.entries_dir());
+        cfg.max_age = self.max_age;
+        cfg.min_occurrences = self.min_occurrences;
+        cfg.backpressure = self.backpressure;
+        cfg
+    }
+}
+
+pub(crate) fn parse_level(text: &str) -> anyhow::Result<tracing::Level> {
+    text.parse::<tracing::Level>().map_err(|_| {
+        anyhow::anyhow!("log_level: {text:?} is not one of error, warn, info, debug, trace")
+    })
+}
+
+fn absolute(field: &str, path: PathBuf) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    let cwd = std::env::current_dir().with_context(|| format!("{field}: no working directory"))?;
+    Ok(cwd.join(path))
+}
+
+fn duration(field: &str, text: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        anyhow::anyhow!("{field}: {text:?} is not a duration like \"30s\" or \"5m\": {e}")
+    })
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+/// `$XDG_CACHE_HOME/streamcache`, else `~/.cache/streamcache`.
+pub(crate) fn default_cache_dir() -> anyhow::Result<PathBuf> {
+    if let Some(xdg) = env_path("XDG_CACHE_HOME") {
+        return Ok(xdg.join("streamcache"));
+    }
+    match env_path("HOME") {
+        Some(home) => Ok(home.join(".cache").join("streamcache")),
+        None => bail!("cannot pick a cache directory: neither XDG_CACHE_HOME nor HOME is set to an absolute path; pass --dir"),
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/streamcache.sock`, else `<cache dir>/streamcache.sock`.
+pub(crate) fn default_socket(cache_dir: &Path) -> PathBuf {
+    match env_path("XDG_RUNTIME_DIR") {
+        Some(run) => run.join("streamcache.sock"),
+        None => cache_dir.join("streamcache.sock"),
+    }
+}
+
+/// `$XDG_CONFIG_HOME/streamcache/config.toml`, else `~/.config/streamcache/config.toml`.
+pub(crate) fn default_config_file() -> Option<PathBuf> {
+    env_path("XDG_CONFIG_HOME")
+        .or_else(|| env_path("HOME").map(|h| h.join(".config")))
+        .map(|c| c.join("streamcache").join("config.toml"))
+}
+
+/// The socket a client uses: the flag, `$STREAMCACHE_SOCKET`, the config file's
+/// `socket`, or the default. Never fails: a client that cannot work it out uses the
+/// default and fails open if nothing listens there.
+pub(crate) fn client_socket(flag: Option<PathBuf>, notes: &mut Vec<String>) -> Option<PathBuf> {
+    if flag.is_some() {
+        return flag;
+    }
+    if let Some(env) = env_path("STREAMCACHE_SOCKET") {
+        return Some(env);
+    }
+    let file = match default_config_file() {
+        Some(path) if path.exists() => match FileSettings::load(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                notes.push(format!("{e:#}"));
+                FileSettings::default()
+            }
+        },
+        _ => FileSettings::default(),
+    };
+    if let Some(socket) = file.socket {
+        return Some(socket);
+    }
+    let dir = match file.dir {
+        Some(dir) => dir,
+        None => default_cache_dir().ok()?,
+    };
+    Some(default_socket(&dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_the_documented_file_parses() {
+        let file = FileSettings::parse(
+            r#"
+            socket = "/run/streamcache/streamcache.sock"
+            dir = "/var/cache/streamcache"
+            max_age = "5m"
+            min_occurrences = 0
+            backpressure = true
+            metrics_listen = "127.0.0.1:9236"
+            allow = ["git:pack-objects"]
+            grace = "30s"
+            producer_timeout = "1h"
+            request_timeout = "30s"
+            max_stdin = 67108864
+            log_level = "info"
+            "#,
+        )
+        .unwrap();
+        let s = ServeSettings::resolve(file, ServeFlags::default()).unwrap();
+        assert_eq!(s.socket, PathBuf::from("/run/streamcache/streamcache.sock"));
+        assert_eq!(
+            s.entries_dir(),
+            PathBuf::from("/var/cache/streamcache/entries")
+        );
+        assert_eq!(s.max_age, Duration::from_secs(300));
+        assert_eq!(s.producer_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9236".parse().unwrap()));
+        assert_eq!(s.limits.max_stdin, 64 << 20);
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        let err = FileSettings::parse("max_agee = \"5m\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("max_agee"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_that_names_the_key() {
+        for (text, key) in [
+            ("max_age = \"5 parsecs\"", "max_age"),
+            ("grace = \"soon\"", "grace"),
+            ("metrics_listen = \"localhost\"", "metrics_listen"),
+            ("allow = [\"git:\"]", "allow"),
+            ("log_level = \"loud\"", "log_level"),
+            ("request_timeout = \"0s\"", "request_timeout"),
+        ] {
+            let file = FileSettings::parse(&format!("dir = \"/tmp/x\"\n{text}\n")).unwrap();
+            let err = ServeSettings::resolve(file, ServeFlags::default()).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{text}: {err:#}");
+        }
+        let err = FileSettings::parse("min_occurrences = \"many\"").unwrap_err();
+        assert!(format!("{err:#}").contains("min_occurrences"), "{err:#}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileSettings::parse(
+            "dir = \"/a\"\nmax_age = \"1m\"\nmin_occurrences = 3\nbackpressure = true\nallow = [\"git:pack-objects\"]\n",
+        )
+        .unwrap();
+        let flags = ServeFlags {
+            dir: Some("/b".into()),
+            max_age: Some("2m".into()),
+            min_occurrences: Some(0),
+            no_backpressure: true,
+            allow: vec!["sh".into()],
+            ..ServeFlags::default()
+        };
+        let s = ServeSettings::resolve(file, flags).unwrap();
+        assert_eq!(s.dir, PathBuf::from("/b"));
+        assert_eq!(s.max_age, Duration::from_secs(120));
+        assert_eq!(s.min_occurrences, 0);
+        assert!(!s.backpressure);
+        assert!(s.allow.check(b"sh", &[]).is_ok());
+        assert!(s.allow.check(b"git", &[b"pack-objects".to_vec()]).is_err());
+    }
+
+    #[test]
+    fn the_defaults_cache_from_the_first_occurrence_with_back_pressure() {
+        let file = FileSettings::parse("dir = \"/srv/cache\"").unwrap();
+        let s = ServeSettings::resolve(file, ServeFlags::default()).unwrap();
+        assert_eq!(s.min_occurrences, 0);
+        assert!(s.backpressure);
+        assert_eq!(s.max_age, streamcache::DEFAULT_MAX_AGE);
+        assert_eq!(s.producer_timeout, None);
+        assert!(s.allow.check(b"git", &[b"pack-objects".to_vec()]).is_ok());
+    }
+
+    #[test]
+    fn a_socket_inside_the_swept_entries_directory_is_refused() {
+        let file =
+            FileSettings::parse("dir = \"/srv/c\"\nsocket = \"/srv/c/entries/s.sock\"").unwrap();
+        let err = ServeSettings::resolve(file, ServeFlags::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("socket"), "{err:#}");
+    }
+}

@@ -1,0 +1,223 @@
+//! The daemon's Unix socket: created owner-only in a directory we checked, a stale file
+//! replaced safely, peers checked by uid.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use rustix::fs::Mode;
+
+/// A bound listener and the identity of its socket file, so that shutdown removes
+/// only the file we created (not one a newer daemon put in its place).
+#[derive(Debug)]
+pub(crate) struct Bound {
+    pub(crate) listener: UnixListener,
+    pub(crate) path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Bound {
+    /// Removes the socket file if it is still ours.
+    pub(crate) fn remove_file(&self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove socket file");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Creates `dir` (mode 0700) if missing, then checks it is a directory that only we
+/// (or root) own and that others cannot write to, unless it is sticky (like /tmp).
+pub(crate) fn prepare_dir(dir: &Path, create: bool) -> anyhow::Result<()> {
+    if create && !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let meta =
+        fs::metadata(dir).with_context(|| format!("cannot use directory {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "directory {} belongs to uid {}, not to us (uid {me}) or root",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.permissions().mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        bail!(
+            "directory {} is writable by others (mode {:o}); others could replace the socket",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Binds `path` with mode 0600. A socket file nobody listens on is replaced; a live
+/// daemon, or a file that is not a socket, is an error.
+pub(crate) fn bind(path: &Path) -> anyhow::Result<Bound> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .context("the socket path has no directory")?;
+    prepare_dir(parent, true)?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => bail!(
+                "another daemon is listening on {}; stop it first or pick another --socket",
+                path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %path.display(), "replacing a stale socket file");
+                fs::remove_file(path)
+                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot tell whether {} is in use", path.display()))
+            }
+        },
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot look at {}", path.display())),
+    }
+    // Created owner-only from the start: no window in which others could connect.
+    let old = rustix::process::umask(Mode::from_raw_mode(0o077));
+    let listener = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = listener.with_context(|| format!("cannot listen on {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    let meta = fs::symlink_metadata(path)?;
+    Ok(Bound {
+        listener,
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// The peer's uid and pid, from `SO_PEERCRED`.
+pub(crate) fn peer(stream: &UnixStream) -> io::Result<(u32, i32)> {
+    let cred = rustix::net::sockopt::socket_peercred(stream)?;
+    Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get()))
+}
+
+/// Whether a peer with `uid` may use the daemon: the daemon's own user, and root.
+pub(crate) fn peer_allowed(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+/// Tells systemd (or whoever set `NOTIFY_SOCKET`) our state, as `sd_notify(3)` does.
+/// Failures are logged and otherwise ignored.
+pub(crate) fn notify(state: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = (|| -> io::Result<()> {
+        let sock = UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &target)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_owner_only_and_a_stale_one_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/s.sock");
+        let first = bind(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let parent_mode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(parent_mode & 0o777, 0o700);
+        // While it listens, a second daemon refuses to start.
+        let err = bind(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("another daemon"), "{err:#}");
+        // Dropping the listener leaves a stale file behind, which the next bind replaces.
+        drop(first);
+        assert!(path.exists());
+        let second = bind(&path).unwrap();
+        UnixStream::connect(&path).unwrap();
+        second.remove_file();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        fs::write(&path, b"precious").unwrap();
+        let err = bind(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("not a socket"), "{err:#}");
+        assert_eq!(fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn a_directory_writable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = bind(&open.join("s.sock")).unwrap_err();
+        assert!(format!("{err:#}").contains("writable by others"), "{err:#}");
+        // Sticky, like /tmp: allowed.
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        bind(&open.join("s.sock")).unwrap();
+    }
+
+    #[test]
+    fn remove_file_leaves_a_socket_that_replaced_ours_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let ours = bind(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        let _theirs = UnixListener::bind(&path).unwrap();
+        ours.remove_file();
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn our_own_peer_is_allowed() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let (uid, pid) = peer(&a).unwrap();
+        assert!(peer_allowed(uid));
+        assert_eq!(pid, std::process::id() as i32);
+        assert!(!peer_allowed(u32::MAX - 1) || rustix::process::geteuid().as_raw() == u32::MAX - 1);
+    }
+}
