@@ -50,6 +50,8 @@ enum Flavor {
 }
 
 type CreateHook = Box<dyn Fn(&FileStore) -> Result<(File, PathBuf)> + Send + Sync>;
+#[cfg(test)]
+type RemoveHook = Box<dyn Fn(&Entry) + Send + Sync>;
 
 struct Shared {
     config: Config,
@@ -60,6 +62,12 @@ struct Shared {
     janitor: Mutex<Option<Janitor>>,
     /// Replaces file creation in tests of failure paths.
     create_hook: Option<CreateHook>,
+    /// Test hook: every new entry's writer fails its close with this error kind.
+    #[cfg(test)]
+    close_fault: std::sync::OnceLock<io::ErrorKind>,
+    /// Test hook: sees each entry a failed producer takes out of the index, at that moment.
+    #[cfg(test)]
+    on_remove: std::sync::OnceLock<RemoveHook>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -106,6 +114,10 @@ impl Cache {
             admission,
             janitor: Mutex::new(None),
             create_hook,
+            #[cfg(test)]
+            close_fault: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            on_remove: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&shared);
         let janitor = Janitor::start(janitor::period(shared.config.max_age), move || {
@@ -276,7 +288,12 @@ impl Shared {
         drop(index);
         self.metrics.add_misses(1);
         let stream = Stream::entry(reader, Arc::clone(&self.metrics));
-        let writer = Writer::entry(Arc::clone(&pipe), file);
+        #[cfg_attr(not(test), allow(unused_mut))]
+        let mut writer = Writer::entry(Arc::clone(&pipe), file);
+        #[cfg(test)]
+        if let Some(kind) = self.close_fault.get() {
+            writer.inject_close_fault(*kind);
+        }
         self.spawn_producer(key, entry, writer, producer);
         Ok((stream, true))
     }
@@ -316,6 +333,10 @@ impl Shared {
         {
             index.remove(key);
             self.metrics.set_index_entries(index.len());
+            #[cfg(test)]
+            if let Some(hook) = self.on_remove.get() {
+                hook(entry);
+            }
         }
     }
 

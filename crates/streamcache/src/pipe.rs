@@ -237,7 +237,7 @@ impl Core {
     }
 
     /// The writer's lead over the fastest reader, in bytes.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn lead(&self) -> u64 {
         let st = lock(&self.state);
         st.written.position().saturating_sub(st.read.position())
@@ -246,6 +246,16 @@ impl Core {
     #[cfg(test)]
     pub(crate) fn written(&self) -> u64 {
         lock(&self.state).written.position()
+    }
+
+    /// `Some(bytes written)` while the writer is parked in [`Core::begin_write`] and held
+    /// back by a reader (not merely woken and about to re-check), so tests can await
+    /// "the writer is blocked" instead of sleeping.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn writer_held(&self) -> Option<u64> {
+        let st = lock(&self.state);
+        let held = st.writer_waiting && st.written.position() > st.read.position();
+        held.then(|| st.written.position())
     }
 }
 
@@ -262,7 +272,9 @@ pub(crate) struct Pipe {
 }
 
 /// How a pipe opens its file for reading (the file store opens without following links).
-pub(crate) struct OpenFn(pub(crate) Box<dyn Fn(&Path) -> std::io::Result<File> + Send + Sync>);
+pub(crate) struct OpenFn(pub(crate) Box<OpenFile>);
+
+type OpenFile = dyn Fn(&Path) -> std::io::Result<File> + Send + Sync;
 
 impl std::fmt::Debug for OpenFn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
