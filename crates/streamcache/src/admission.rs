@@ -80,7 +80,7 @@ mod tests {
         let a = Admission::new(1, Duration::from_secs(300));
         let now = Instant::now();
         let admitted: Vec<bool> = (0..10).map(|_| a.admit("key", now)).collect();
-        assert_eq!(admitted[0], false);
+        assert!(!admitted[0]);
         assert!(admitted[1..].iter().all(|&x| x));
     }
 

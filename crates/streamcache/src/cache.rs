@@ -198,6 +198,22 @@ impl Cache {
         W: Write + ?Sized,
         F: FnOnce(&mut Writer) -> io::Result<()> + Send + 'static,
     {
+        let (copied, created, result) = self.fetch_detailed(key, dst, producer)?;
+        result.map(|()| (copied, created))
+    }
+
+    /// [`Cache::fetch`] that keeps `created` and the bytes copied when the copy or the
+    /// producer fails (the outer error is a lookup error, where nothing was created).
+    pub(crate) fn fetch_detailed<W, F>(
+        &self,
+        key: &str,
+        dst: &mut W,
+        producer: F,
+    ) -> Result<(u64, bool, Result<()>)>
+    where
+        W: Write + ?Sized,
+        F: FnOnce(&mut Writer) -> io::Result<()> + Send + 'static,
+    {
         let (mut stream, created) = self.find_or_create(key, producer)?;
         let mut buf = vec![0u8; 64 << 10];
         let mut copied = 0u64;
@@ -206,14 +222,14 @@ impl Cache {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::from_io(e)),
+                Err(e) => return Ok((copied, created, Err(Error::from_io(e)))),
             };
-            dst.write_all(&buf[..n])
-                .map_err(|e| Error::Copy(Arc::new(e)))?;
+            if let Err(e) = dst.write_all(&buf[..n]) {
+                return Ok((copied, created, Err(Error::Copy(Arc::new(e)))));
+            }
             copied += n as u64;
         }
-        stream.wait()?;
-        Ok((copied, created))
+        Ok((copied, created, stream.wait()))
     }
 
     /// Stops the maintenance thread and waits for it. Idempotent. The cache keeps

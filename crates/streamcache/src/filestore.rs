@@ -330,7 +330,7 @@ mod tests {
         fs::create_dir(&dir1).unwrap();
         fs::create_dir(&dir2).unwrap();
         fs::write(dir2.join("file"), b"hello").unwrap();
-        fs::set_permissions(&dir2, fs::Permissions::from_mode(0)).unwrap();
+        fs::set_permissions(&dir2, fs::Permissions::from_mode(0o000)).unwrap();
         let store = FileStore::new(root.to_owned());
         let report = store
             .sweep(SystemTime::now() + Duration::from_secs(3600))

@@ -216,6 +216,7 @@ impl Core {
     }
 
     /// Like [`Core::wait_readable`], for tasks.
+    #[cfg(any(feature = "tokio", test))]
     pub(crate) fn poll_readable(&self, position: u64, cx: &mut Context<'_>) -> Poll<Readable> {
         let mut st = lock(&self.state);
         if let Some(readable) = st.readable(position) {

@@ -15,7 +15,8 @@ pub struct LogEntry {
     /// Whether the lookup created the entry.
     pub created: bool,
     /// The lookup's error, if it failed. For [`LoggingCache::fetch`] this is the whole
-    /// call's result (producer, copy or lookup error); for
+    /// call's result (producer, copy or lookup error), and `created` is kept even when
+    /// the producer failed; for
     /// [`LoggingCache::find_or_create`] only the lookup's.
     pub error: Option<Error>,
 }
@@ -65,13 +66,16 @@ impl LoggingCache {
         W: Write + ?Sized,
         F: FnOnce(&mut Writer) -> io::Result<()> + Send + 'static,
     {
-        let result = self.inner.fetch(key, dst, producer);
-        let (created, error) = match &result {
-            Ok((_, created)) => (*created, None),
-            Err(e) => (false, Some(e.clone())),
-        };
-        self.record(key, created, error);
-        result
+        match self.inner.fetch_detailed(key, dst, producer) {
+            Ok((copied, created, result)) => {
+                self.record(key, created, result.as_ref().err().cloned());
+                result.map(|()| (copied, created))
+            }
+            Err(e) => {
+                self.record(key, false, Some(e.clone()));
+                Err(e)
+            }
+        }
     }
 
     fn record(&self, key: &str, created: bool, error: Option<Error>) {

@@ -77,6 +77,7 @@ impl Waiter {
         }
     }
 
+    #[cfg(any(feature = "tokio", test))]
     pub(crate) fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut slot = lock(&self.slot);
         if let Some(outcome) = &slot.outcome {
@@ -91,12 +92,14 @@ impl Waiter {
 
 /// A future that resolves to the outcome of a [`Waiter`]. Dropping it cancels the wait
 /// and leaves the waiter intact for others.
+#[cfg(any(feature = "tokio", test))]
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub(crate) struct WaitFuture {
     pub(crate) waiter: Arc<Waiter>,
 }
 
+#[cfg(any(feature = "tokio", test))]
 impl std::future::Future for WaitFuture {
     type Output = Outcome;
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {

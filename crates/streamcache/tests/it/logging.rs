@@ -42,7 +42,8 @@ fn the_logging_cache_records_key_created_and_error_of_each_fetch() {
         [
             ("a", true, None),
             ("a", false, None),
-            ("b", false, Some("no b today".to_owned())),
+            // Spec 1.1: a failed fetch that created the entry reports created = true.
+            ("b", true, Some("no b today".to_owned())),
         ]
     );
     assert!(logged.inner().is_enabled());
