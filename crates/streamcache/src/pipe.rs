@@ -24,7 +24,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker};
+#[cfg(any(feature = "tokio", test))]
+use std::task::{Context, Poll};
+use std::task::Waker;
 
 use crate::cursor::{Cursor, Subscription};
 use crate::sync::{lock, Condvar, Mutex};

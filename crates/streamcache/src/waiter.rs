@@ -1,7 +1,10 @@
 //! A write-once result cell that threads and tasks can wait on.
 
+#[cfg(any(feature = "tokio", test))]
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+#[cfg(any(feature = "tokio", test))]
+use std::task::{Context, Poll};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::sync::{lock, Condvar, Mutex};
