@@ -175,7 +175,9 @@ pub(crate) fn run_zero_copy(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
 
 /// Peak RSS of W1 with N = 64, each repetition in a fresh child process of this binary.
 pub(crate) fn run_rss(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
-    let exe = std::env::current_exe()?;
+    // Not current_exe(): a concurrent `cargo build` may replace the file during a long
+    // run, and /proc/self/exe still names the binary that is running.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
     let n = 64;
     for size in ctx.opts.rss_sizes.clone() {
         let s = show_size(size);

@@ -62,7 +62,14 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let repo = repository(ctx)?;
     let packed = pack_size(&repo)?;
     let clients = ctx.opts.w5_clients;
-    let exe = std::env::current_exe()?;
+    // Private copies of both binaries: git runs them by path from a shell, and a
+    // concurrent `cargo build` may replace the files in the target dir mid-run.
+    let tools = ctx.scratch(Fs::Ext4, "tools")?;
+    let exe = tools.path().join("streamcache-bench");
+    fs::copy("/proc/self/exe", &exe)?;
+    let daemon_copy = tools.path().join("streamcache");
+    fs::copy(&daemon, &daemon_copy)?;
+    let daemon = daemon_copy;
     let repo_mb = format!("{:.0} MB", packed as f64 / 1e6);
 
     for (depth, n) in [(None, clients), (Some(1), clients), (None, 1)] {
