@@ -1,6 +1,6 @@
 //! The cache: an index of entries, find-or-create, producers, eviction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -60,6 +60,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     admission: Option<Admission>,
     janitor: Mutex<Option<Janitor>>,
+    kept: Arc<KeptFiles>,
     /// Replaces file creation in tests of failure paths.
     create_hook: Option<CreateHook>,
     /// Test hook: every new entry's writer fails its close with this error kind.
@@ -76,6 +77,44 @@ impl std::fmt::Debug for Shared {
             .field("config", &self.config)
             .field("store", &self.store)
             .finish_non_exhaustive()
+    }
+}
+
+/// Read handles of recently opened entries, kept open after their last reader left so
+/// that the next hit costs no `open(2)`. Bounded: at most `capacity` descriptors (a
+/// sixteenth of the process's descriptor limit, between 64 and 4096); the oldest goes
+/// first. An entry that leaves the index gives its handle up at once, so the space of
+/// an evicted file is freed as soon as its readers finish.
+#[derive(Debug)]
+struct KeptFiles {
+    files: Mutex<VecDeque<Arc<File>>>,
+    capacity: usize,
+}
+
+impl KeptFiles {
+    fn new() -> KeptFiles {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1024);
+        let capacity = usize::try_from(limit / 16).unwrap_or(4096).clamp(64, 4096);
+        KeptFiles {
+            files: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    fn keep(&self, file: &Arc<File>) {
+        let mut files = lock(&self.files);
+        if files.len() >= self.capacity {
+            files.pop_front();
+        }
+        files.push_back(Arc::clone(file));
+    }
+
+    fn release(&self, entry: &Entry) {
+        if let Some(file) = entry.pipe.shared_file() {
+            lock(&self.files).retain(|kept| !Arc::ptr_eq(kept, &file));
+        }
     }
 }
 
@@ -113,6 +152,7 @@ impl Cache {
             metrics: Arc::new(Metrics::default()),
             admission,
             janitor: Mutex::new(None),
+            kept: Arc::new(KeptFiles::new()),
             create_hook,
             #[cfg(test)]
             close_fault: std::sync::OnceLock::new(),
@@ -158,7 +198,7 @@ impl Cache {
         }
     }
 
-    /// Finds the entry for `key`, or creates it and starts `producer` on a new thread,
+    /// Finds the entry for `key`, or creates it and starts `producer` on a producer thread,
     /// and returns a stream positioned at its first byte. `created` is true when this
     /// call started the producer (a miss, or a lookup that bypassed the cache).
     ///
@@ -282,7 +322,9 @@ impl Shared {
                 }
                 Err(err) => {
                     tracing::debug!(key, error = %err, "streamcache: entry unusable, replacing it");
-                    index.remove(key);
+                    if let Some(stale) = index.remove(key) {
+                        self.kept.release(&stale);
+                    }
                 }
             }
         }
@@ -291,9 +333,13 @@ impl Shared {
             None => self.store.create()?,
         };
         let store = Arc::clone(&self.store);
-        let pipe = Arc::new(Pipe::new(path, self.config.backpressure, move |p| {
-            store.open_reader(p)
-        }));
+        let kept = Arc::clone(&self.kept);
+        let pipe = Arc::new(
+            Pipe::new(path, self.config.backpressure, move |p| {
+                store.open_reader(p)
+            })
+            .with_on_open(move |file| kept.keep(file)),
+        );
         let reader = pipe.open_reader()?;
         let entry = Arc::new(Entry {
             pipe: Arc::clone(&pipe),
@@ -325,9 +371,8 @@ impl Shared {
         let job_key = key.to_owned();
         let job_entry = Arc::clone(&entry);
         let metrics = Arc::clone(&self.metrics);
-        let spawned = std::thread::Builder::new()
-            .name("streamcache-producer".into())
-            .spawn(move || produce(job_key, job_entry, writer, producer, weak, metrics));
+        let spawned =
+            crate::pool::run(move || produce(job_key, job_entry, writer, producer, weak, metrics));
         if let Err(e) = spawned {
             // The producer closure went down with the failed spawn; fail the entry as if
             // it had run and failed.
@@ -349,6 +394,7 @@ impl Shared {
         {
             index.remove(key);
             self.metrics.set_index_entries(index.len());
+            self.kept.release(entry);
             #[cfg(test)]
             if let Some(hook) = self.on_remove.get() {
                 hook(entry);
@@ -388,6 +434,7 @@ impl Shared {
         self.metrics.add_evicted(expired.len() as u64);
         // Readers and the writer keep their open handles; only the name goes.
         for entry in expired {
+            self.kept.release(&entry);
             match std::fs::remove_file(&entry.pipe.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -461,21 +508,19 @@ fn run_direct(key: &str, producer: Producer, metrics: &Arc<Metrics>) -> Result<S
     let job_metrics = Arc::clone(metrics);
     let job_outcome = Arc::clone(&outcome);
     let job_key = key.to_owned();
-    let spawned = std::thread::Builder::new()
-        .name("streamcache-producer".into())
-        .spawn(move || {
-            let span = tracing::debug_span!("streamcache producer", key = %job_key, cached = false);
-            let _enter = span.enter();
-            let result = run_guarded(producer, &mut writer);
-            job_metrics.add_generated_bytes(writer.written());
-            if let Err(err) = &result {
-                tracing::error!(error = %err, "create cache entry");
-                job_metrics.add_failures(1);
-            }
-            // Publish first: the reader looks at the outcome when it sees end-of-file.
-            job_outcome.set(result);
-            writer.finish_direct();
-        });
+    let spawned = crate::pool::run(move || {
+        let span = tracing::debug_span!("streamcache producer", key = %job_key, cached = false);
+        let _enter = span.enter();
+        let result = run_guarded(producer, &mut writer);
+        job_metrics.add_generated_bytes(writer.written());
+        if let Err(err) = &result {
+            tracing::error!(error = %err, "create cache entry");
+            job_metrics.add_failures(1);
+        }
+        // Publish first: the reader looks at the outcome when it sees end-of-file.
+        job_outcome.set(result);
+        writer.finish_direct();
+    });
     if let Err(e) = spawned {
         let err = Error::io(Op::Spawn, "<producer thread>", e);
         outcome.set(Err(err.clone()));

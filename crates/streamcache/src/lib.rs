@@ -92,7 +92,7 @@
 //!
 //! # Sync and async
 //!
-//! Threads are the native mode: producers run on their own threads and [`Stream`]
+//! Threads are the native mode: producers run on threads of their own (a pool whose idle threads exit after 5 s) and [`Stream`]
 //! implements [`std::io::Read`]. With the `tokio` feature, `Stream` also implements
 //! `tokio::io::AsyncRead` and has [`Stream::wait_async`]. [`Stream::send_to`] copies into
 //! a socket, pipe or file with `sendfile(2)`.
@@ -113,6 +113,7 @@ mod filestore;
 mod janitor;
 mod metrics;
 mod pipe;
+mod pool;
 mod stream;
 mod sync;
 mod waiter;

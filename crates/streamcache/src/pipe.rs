@@ -24,9 +24,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
+use std::task::Waker;
 #[cfg(any(feature = "tokio", test))]
 use std::task::{Context, Poll};
-use std::task::Waker;
 
 use crate::cursor::{Cursor, Subscription};
 use crate::sync::{lock, Condvar, Mutex};
@@ -272,6 +272,18 @@ pub(crate) struct Pipe {
     /// The producer's final result.
     pub(crate) outcome: Arc<Waiter>,
     open: OpenFn,
+    /// Told of every newly opened read handle (the cache keeps recent ones open).
+    on_open: OnOpen,
+}
+
+struct OnOpen(Box<OpenedFile>);
+
+type OpenedFile = dyn Fn(&Arc<File>) + Send + Sync;
+
+impl std::fmt::Debug for OnOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnOpen")
+    }
 }
 
 /// How a pipe opens its file for reading (the file store opens without following links).
@@ -298,7 +310,17 @@ impl Pipe {
             shared: Mutex::new(Weak::new()),
             outcome: Arc::new(Waiter::default()),
             open: OpenFn(Box::new(open)),
+            on_open: OnOpen(Box::new(|_| {})),
         }
+    }
+
+    /// Calls `on_open` with every read handle the pipe opens.
+    pub(crate) fn with_on_open(
+        mut self,
+        on_open: impl Fn(&Arc<File>) + Send + Sync + 'static,
+    ) -> Pipe {
+        self.on_open = OnOpen(Box::new(on_open));
+        self
     }
 
     /// Opens a new reader at position 0.
@@ -315,13 +337,24 @@ impl Pipe {
     fn reader_file(&self) -> Result<Arc<File>> {
         let mut shared = lock(&self.shared);
         if let Some(file) = shared.upgrade() {
-            return Ok(file);
+            // A file unlinked under us (evicted, swept, or the directory wiped) must not
+            // gain readers: re-open by path, which fails, as it would without the
+            // shared handle.
+            if rustix::fs::fstat(&*file).is_ok_and(|st| st.st_nlink > 0) {
+                return Ok(file);
+            }
         }
         let file =
             (self.open.0)(&self.path).map_err(|e| Error::io(Op::OpenReader, &self.path, e))?;
         let file = Arc::new(file);
         *shared = Arc::downgrade(&file);
+        (self.on_open.0)(&file);
         Ok(file)
+    }
+
+    /// The read handle, if a reader or the cache still holds it open.
+    pub(crate) fn shared_file(&self) -> Option<Arc<File>> {
+        lock(&self.shared).upgrade()
     }
 }
 

@@ -2,9 +2,9 @@
 
 #[cfg(any(feature = "tokio", test))]
 use std::sync::Arc;
+use std::task::Waker;
 #[cfg(any(feature = "tokio", test))]
 use std::task::{Context, Poll};
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::sync::{lock, Condvar, Mutex};

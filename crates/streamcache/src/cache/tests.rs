@@ -499,3 +499,67 @@ fn with_max_age_zero_one_maintenance_round_removes_entry_and_file_and_the_next_f
     let (content, created) = fetch_text(&cache, "key", "content 2").unwrap();
     assert_eq!((content.as_str(), created), ("content 2", true));
 }
+
+/// Descriptors of this process open on `path` (found through /proc/self/fd links).
+fn descriptors_on(path: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            let target = target.trim_end_matches(" (deleted)");
+            Path::new(target) == path
+        })
+        .count()
+}
+
+#[test]
+fn a_recently_read_entry_keeps_its_read_handle_and_gives_it_up_when_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), true);
+    cfg.max_age = Duration::from_secs(60);
+    let cache = Cache::new(cfg).unwrap();
+    assert_eq!(
+        fetch_text(&cache, "k", "kept").unwrap(),
+        ("kept".to_owned(), true)
+    );
+    let entry = indexed(&cache, "k").unwrap();
+    let path = entry.pipe.path.clone();
+    // No reader is left, but the read handle is kept for the next hit.
+    assert_eq!(descriptors_on(&path), 1);
+    let kept = entry.pipe.shared_file().expect("the handle is kept");
+    assert_eq!(
+        fetch_text(&cache, "k", "unused").unwrap(),
+        ("kept".to_owned(), false)
+    );
+    let reused = entry.pipe.shared_file().unwrap();
+    assert!(
+        Arc::ptr_eq(&kept, &reused),
+        "the hit reused the kept handle"
+    );
+    drop((kept, reused));
+    // Eviction removes the file and closes the kept handle, freeing the space.
+    shared(&cache).maintain(Instant::now() + Duration::from_secs(120), SystemTime::now());
+    assert!(!path.exists());
+    assert_eq!(
+        descriptors_on(&path),
+        0,
+        "no descriptor holds the evicted file"
+    );
+}
+
+#[test]
+fn a_kept_handle_of_a_deleted_file_is_not_served_and_the_key_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::new(config(dir.path(), true)).unwrap();
+    assert_eq!(
+        fetch_text(&cache, "k", "one").unwrap(),
+        ("one".to_owned(), true)
+    );
+    let path = indexed(&cache, "k").unwrap().pipe.path.clone();
+    fs::remove_file(&path).unwrap();
+    assert_eq!(
+        fetch_text(&cache, "k", "two").unwrap(),
+        ("two".to_owned(), true)
+    );
+}
