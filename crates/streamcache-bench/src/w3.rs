@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::ctx::{Ctx, Fig};
 use crate::data::CHUNK;
-use crate::sys::Fs;
+use crate::sys::{self, Fs, Who};
 use crate::workloads::{cache, reference};
 
 const ENTRY: usize = 4096;
@@ -38,6 +38,7 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
             }
             Ok(())
         };
+        let cpu = sys::cpu_seconds(Who::Process);
         let t = Instant::now();
         for key in &keys {
             let bytes = Arc::clone(&entry);
@@ -50,6 +51,8 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
             read_entry(&mut stream, &mut buf)?;
         }
         let misses = keys_n as f64 / t.elapsed().as_secs_f64();
+        let miss_cpu = (sys::cpu_seconds(Who::Process) - cpu) / keys_n as f64;
+        let cpu = sys::cpu_seconds(Who::Process);
         let t = Instant::now();
         for j in 0..keys_n {
             let key = &keys[j % hot];
@@ -61,11 +64,14 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
             read_entry(&mut stream, &mut buf)?;
         }
         let hits = keys_n as f64 / t.elapsed().as_secs_f64();
+        let hit_cpu = (sys::cpu_seconds(Who::Process) - cpu) / keys_n as f64;
         Ok(vec![
             ("misses", misses / 1e3),
             ("hits", hits / 1e3),
             ("miss_us", 1e6 / misses),
             ("hit_us", 1e6 / hits),
+            ("miss_cpu_us", miss_cpu * 1e6),
+            ("hit_cpu_us", hit_cpu * 1e6),
         ])
     })?;
     let def = keys_n == 100_000 && hot == 1000;
@@ -82,6 +88,7 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
             .target(">= 2x reference"),
     )?;
     ctx.emit(&m, fig("time per miss", "miss_us", "us"))?;
+    ctx.emit(&m, fig("CPU per miss (all threads)", "miss_cpu_us", "us"))?;
     ctx.emit(
         &m,
         fig("hits (hot keys)", "hits", "k ops/s")
@@ -89,5 +96,6 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
             .target(">= 3x reference"),
     )?;
     ctx.emit(&m, fig("time per hit", "hit_us", "us"))?;
+    ctx.emit(&m, fig("CPU per hit (all threads)", "hit_cpu_us", "us"))?;
     Ok(())
 }
