@@ -207,7 +207,7 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
         (
             "entries",
             format!(
-                "{} in index, {} evicted, {} files swept, {} on disk",
+                "{} in index, {} evicted, {} files swept; {} on disk at the last sweep",
                 num("index_entries"),
                 num("evicted_total"),
                 num("swept_files_total"),
@@ -217,9 +217,9 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
         (
             "connections",
             format!(
-                "{} total, {} active, {} clients left early",
+                "{} total, {} active besides this one, {} clients left early",
                 num("connections_total"),
-                num("connections_active"),
+                num("connections_active").saturating_sub(1),
                 num("clients_gone_total")
             ),
         ),

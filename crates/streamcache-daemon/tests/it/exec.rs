@@ -313,3 +313,19 @@ fn a_script_on_the_allow_list_runs_in_the_clients_working_directory() {
     );
     assert_eq!(daemon.stat("misses_total"), 1);
 }
+
+#[test]
+fn with_min_occurrences_one_the_first_call_bypasses_the_cache_and_still_gets_everything() {
+    let daemon = Daemon::start(&["--allow", "cat", "--min-occurrences", "1"]);
+    let file = daemon.dir.path().join("data.bin");
+    std::fs::write(&file, binary_data()).unwrap();
+    let path = file.to_str().unwrap();
+    let expected = direct(&["cat", path], b"");
+    for _ in 0..3 {
+        assert_same(&daemon.exec(false, &["cat", path], b""), &expected);
+    }
+    assert_eq!(daemon.stat("bypassed_total"), 1);
+    assert_eq!(daemon.stat("misses_total"), 1);
+    assert_eq!(daemon.stat("hits_total"), 1);
+    assert_eq!(daemon.stat("children_started_total"), 2);
+}
