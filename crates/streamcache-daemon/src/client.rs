@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::spill::Spill;
-use crate::wire::{self, Demux, Event, Kind, Request, Status, WireError};
+use crate::wire::{self, Demux, Event, Kind, Next, Request, Status, WireError};
 
 /// Environment variables sent along, besides every `GIT_*` one (except the tracing
 /// ones). They decide what git does in the working directory, so they go into the key
@@ -197,8 +197,17 @@ enum Failure {
     AfterOutput(String),
 }
 
+/// What one splice call did.
+enum Spliced {
+    Moved,
+    End,
+    Unsupported,
+}
+
 struct Relay {
     conn: UnixStream,
+    /// Whether stdout payload is spliced from the socket (stdout is a pipe).
+    splice: bool,
     demux: Demux,
     wrote_output: bool,
     stderr_open: bool,
@@ -210,8 +219,12 @@ struct Relay {
 
 impl Relay {
     fn new(conn: UnixStream) -> Relay {
+        let stdout = io::stdout();
+        let splice = rustix::fs::fstat(stdout.as_fd())
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_fifo());
         Relay {
             conn,
+            splice,
             demux: Demux::new(),
             wrote_output: false,
             stderr_open: true,
@@ -233,7 +246,22 @@ impl Relay {
     fn run(&mut self) -> Result<i32, Failure> {
         let mut buf = vec![0u8; 256 << 10];
         loop {
-            let n = match self.conn.read(&mut buf) {
+            let next = self.demux.next();
+            let limit = match next {
+                Next::Payload {
+                    kind: Kind::Stdout,
+                    remaining,
+                } if self.splice && remaining > 0 => match self.splice_stdout(remaining)? {
+                    Spliced::End => break,
+                    Spliced::Moved | Spliced::Unsupported => continue,
+                },
+                // While splicing, read only up to where the next stdout payload starts.
+                Next::Header(n) | Next::Payload { remaining: n, .. } if self.splice => {
+                    n.clamp(1, buf.len())
+                }
+                _ => buf.len(),
+            };
+            let n = match self.conn.read(&mut buf[..limit]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.fail(format!("daemon connection: {e}"))),
@@ -241,8 +269,7 @@ impl Relay {
             if n == 0 {
                 break;
             }
-            let data = &buf[..n];
-            let result = self.feed(data);
+            let result = self.feed(&buf[..n]);
             if self.stdout_closed {
                 return Err(Failure::StdoutClosed);
             }
@@ -267,6 +294,46 @@ impl Relay {
             (_, Some(Err(e)), _) => Err(self.fail(format!("daemon: {e}"))),
             (_, Some(Ok(())), None) => Err(self.fail("daemon reply has no exit status".into())),
             (_, None, _) => Err(self.fail("daemon reply broke off".into())),
+        }
+    }
+
+    /// Moves up to `len` bytes of stdout payload from the socket into our stdout pipe
+    /// without copying them through user space.
+    fn splice_stdout(&mut self, len: usize) -> Result<Spliced, Failure> {
+        let stdout = io::stdout();
+        loop {
+            match rustix::pipe::splice(
+                &self.conn,
+                None,
+                stdout.as_fd(),
+                None,
+                len,
+                rustix::pipe::SpliceFlags::MOVE,
+            ) {
+                Ok(0) => return Ok(Spliced::End),
+                Ok(n) => {
+                    self.wrote_output = true;
+                    if let Err(e) = self.demux.skip_stdout(n) {
+                        return Err(self.fail(format!("daemon reply: {e}")));
+                    }
+                    return Ok(Spliced::Moved);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::PIPE) => return Err(Failure::StdoutClosed),
+                Err(
+                    rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::AGAIN,
+                ) => {
+                    // Not possible for these descriptors: copy through user space.
+                    self.splice = false;
+                    return Ok(Spliced::Unsupported);
+                }
+                Err(e) => {
+                    return Err(self.fail(format!(
+                        "daemon connection or stdout: {}",
+                        io::Error::from(e)
+                    )))
+                }
+            }
         }
     }
 

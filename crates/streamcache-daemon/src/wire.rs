@@ -549,6 +549,20 @@ pub enum Event<'a> {
     Trailer(Result<(), String>),
 }
 
+/// What a [`Demux`] expects next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// This many more bytes of a frame header.
+    Header(usize),
+    /// This many more bytes of the payload of a frame of this kind.
+    Payload {
+        /// The frame's kind.
+        kind: Kind,
+        /// Payload bytes still to come.
+        remaining: usize,
+    },
+}
+
 /// Splits the daemon's reply into [`Event`]s, whatever the chunking of the input.
 ///
 /// Data frames are passed on in pieces as they arrive, without buffering; control
@@ -576,9 +590,32 @@ impl Demux {
         self.finished
     }
 
-    /// Whether the input so far ends exactly between two frames.
-    pub fn at_frame_boundary(&self) -> bool {
-        self.header_len == 0 && self.current.is_none()
+    /// What the next input bytes are: the rest of a frame header, or payload.
+    pub fn next(&self) -> Next {
+        match self.current {
+            Some((kind, remaining)) => Next::Payload { kind, remaining },
+            None => Next::Header(HEADER_LEN - self.header_len),
+        }
+    }
+
+    /// Records that `n` bytes of the current stdout payload were passed on without
+    /// going through [`Demux::feed`] (the client splices them from the socket into its
+    /// stdout). `n` must not exceed what [`Demux::next`] reported.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::Invalid`] if the current frame is not stdout or is shorter than `n`.
+    pub fn skip_stdout(&mut self, n: usize) -> Result<(), WireError> {
+        match self.current {
+            Some((Kind::Stdout, remaining)) if n <= remaining => {
+                self.current = Some((Kind::Stdout, remaining - n));
+                if remaining == n {
+                    self.current = None;
+                }
+                Ok(())
+            }
+            _ => Err(invalid("spliced bytes", "not inside a stdout frame")),
+        }
     }
 
     /// Feeds the next bytes of the reply, calling `sink` for each event. The sink's

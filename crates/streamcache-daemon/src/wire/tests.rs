@@ -273,3 +273,61 @@ fn control_payloads_round_trip_and_garbage_is_refused() {
     assert!(decode_response(&[]).is_err());
     assert!(decode_response(&[9]).is_err());
 }
+
+#[test]
+fn skipping_spliced_stdout_bytes_keeps_the_demultiplexer_in_step() {
+    let bytes = reply();
+    let mut d = Demux::new();
+    let mut seen = Seen::default();
+    let mut rest = &bytes[..];
+    let mut spliced = Vec::new();
+    while !rest.is_empty() {
+        match d.next() {
+            Next::Payload {
+                kind: Kind::Stdout,
+                remaining,
+            } => {
+                // Move stdout payload "around" the demultiplexer, 3 bytes at a time.
+                let n = remaining.min(3).min(rest.len());
+                spliced.extend_from_slice(&rest[..n]);
+                d.skip_stdout(n).unwrap();
+                rest = &rest[n..];
+            }
+            Next::Header(n) | Next::Payload { remaining: n, .. } => {
+                let n = n.min(rest.len());
+                d.feed(&rest[..n], |ev| {
+                    match ev {
+                        Event::Response(s, _) => seen.status = Some(s),
+                        Event::Stdout(b) => seen.out.extend_from_slice(b),
+                        Event::Stderr(b) => seen.err.extend_from_slice(b),
+                        Event::Exit(e) => seen.exit = Some(e),
+                        Event::Trailer(v) => seen.verdict = Some(v),
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                rest = &rest[n..];
+            }
+        }
+    }
+    assert!(d.is_finished());
+    let whole = demux_in_chunks(&bytes, bytes.len()).unwrap();
+    assert_eq!(spliced, whole.out);
+    assert!(seen.out.is_empty());
+    assert_eq!(seen.err, whole.err);
+    assert_eq!(seen.exit, whole.exit);
+    assert_eq!(seen.verdict, whole.verdict);
+}
+
+#[test]
+fn skipping_outside_a_stdout_frame_is_an_error() {
+    let mut d = Demux::new();
+    assert!(d.skip_stdout(1).is_err());
+    let header = frame(Kind::Response, &encode_response(Status::Hit, ""));
+    d.feed(&header, |_| Ok(())).unwrap();
+    let out = frame(Kind::Stdout, b"abc");
+    d.feed(&out[..HEADER_LEN], |_| Ok(())).unwrap();
+    assert!(d.skip_stdout(4).is_err());
+    d.skip_stdout(3).unwrap();
+    assert_eq!(d.next(), Next::Header(HEADER_LEN));
+}

@@ -329,3 +329,27 @@ fn with_min_occurrences_one_the_first_call_bypasses_the_cache_and_still_gets_eve
     assert_eq!(daemon.stat("hits_total"), 1);
     assert_eq!(daemon.stat("children_started_total"), 2);
 }
+
+#[test]
+fn stdout_into_a_file_is_copied_and_into_a_pipe_is_spliced_with_the_same_bytes() {
+    let daemon = Daemon::start(&["--allow", "cat"]);
+    let file = daemon.dir.path().join("data.bin");
+    std::fs::write(&file, binary_data()).unwrap();
+    let path = file.to_str().unwrap();
+    for round in 0..2 {
+        let out_path = daemon.dir.path().join(format!("out-{round}.bin"));
+        let status = daemon
+            .exec_cmd(false, &["cat", path])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(
+            std::fs::read(&out_path).unwrap() == binary_data(),
+            "round {round}"
+        );
+        let piped = daemon.exec(false, &["cat", path], b"");
+        assert!(piped.stdout == binary_data(), "round {round}");
+    }
+}
