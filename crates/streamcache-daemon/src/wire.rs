@@ -455,6 +455,11 @@ pub fn decode_trailer(payload: &[u8]) -> Result<Result<(), String>, WireError> {
 }
 
 /// A whole frame (header and payload) as one buffer.
+///
+/// # Panics
+///
+/// If `payload` is 4 GiB or longer (every payload this crate makes is capped far
+/// below that).
 pub fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.push(kind.byte());
@@ -463,7 +468,11 @@ pub fn frame(kind: Kind, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes the header of a frame into the first [`HEADER_LEN`] bytes of `buf`.
+/// Writes the header of a frame into `buf`.
+///
+/// # Panics
+///
+/// If `len` is 4 GiB or more.
 pub fn put_header(buf: &mut [u8; HEADER_LEN], kind: Kind, len: usize) {
     buf[0] = kind.byte();
     buf[1..].copy_from_slice(&frame_len(len).to_be_bytes());
@@ -479,6 +488,10 @@ fn frame_len(len: usize) -> u32 {
 /// # Errors
 ///
 /// The writer's error.
+///
+/// # Panics
+///
+/// As [`frame`].
 pub fn write_frame<W: Write + ?Sized>(w: &mut W, kind: Kind, payload: &[u8]) -> io::Result<()> {
     w.write_all(&frame(kind, payload))
 }
