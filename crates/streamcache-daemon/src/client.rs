@@ -87,7 +87,10 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
     };
     let mut stdin = match Spill::read_all(&mut io::stdin().lock(), None) {
         Ok(stdin) => stdin,
-        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Spill::new(None),
+        // No stdin at all (a closed descriptor): the command gets none either.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BADF.raw_os_error()) => {
+            Spill::new(None)
+        }
         Err(e) => {
             // Without the whole stdin neither the daemon nor the command can run.
             eprintln!("streamcache: cannot read stdin: {e}");
@@ -214,6 +217,7 @@ struct Relay {
     exit: Option<wire::ExitStatus>,
     verdict: Option<Result<(), String>>,
     status: Option<(Status, String)>,
+    answered: bool,
     stdout_closed: bool,
 }
 
@@ -231,6 +235,7 @@ impl Relay {
             exit: None,
             verdict: None,
             status: None,
+            answered: false,
             stdout_closed: false,
         }
     }
@@ -279,8 +284,9 @@ impl Relay {
             if let Some((status @ (Status::Refused | Status::Error), message)) = &self.status {
                 return Err(Failure::BeforeOutput(format!("daemon {status}: {message}")));
             }
-            if self.status.is_some() {
+            if self.status.is_some() && !self.answered {
                 // Answered: from now on the command may be silent for as long as it likes.
+                self.answered = true;
                 if let Err(e) = self.conn.set_read_timeout(None) {
                     return Err(self.fail(format!("socket: {e}")));
                 }
