@@ -124,6 +124,18 @@ struct Entry {
     created: Instant,
 }
 
+/// What a lookup did, from [`Cache::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lookup {
+    /// An existing entry serves the stream.
+    Hit,
+    /// This call created the entry and started its producer.
+    Miss,
+    /// The producer runs outside the cache for this call alone: the cache is disabled,
+    /// or the key has not occurred often enough yet (min-occurrences rule).
+    Bypass,
+}
+
 /// How a producer is called.
 pub(crate) type Producer = Box<dyn FnOnce(&mut Writer) -> io::Result<()> + Send + 'static>;
 
@@ -215,10 +227,28 @@ impl Cache {
     where
         F: FnOnce(&mut Writer) -> io::Result<()> + Send + 'static,
     {
+        let (stream, lookup) = self.lookup(key, producer)?;
+        Ok((stream, lookup != Lookup::Hit))
+    }
+
+    /// [`Cache::find_or_create`] that says which of the three things happened: a hit, a
+    /// miss (this call created the entry), or a bypass (the producer runs outside the
+    /// cache: the cache is disabled, or the key is not yet admitted).
+    ///
+    /// # Errors
+    ///
+    /// As [`Cache::find_or_create`].
+    pub fn lookup<F>(&self, key: &str, producer: F) -> Result<(Stream, Lookup)>
+    where
+        F: FnOnce(&mut Writer) -> io::Result<()> + Send + 'static,
+    {
         match &self.flavor {
             Flavor::Disabled(metrics) => {
                 metrics.add_bypassed(1);
-                Ok((run_direct(key, Box::new(producer), metrics)?, true))
+                Ok((
+                    run_direct(key, Box::new(producer), metrics)?,
+                    Lookup::Bypass,
+                ))
             }
             Flavor::Enabled(shared) => shared.find_or_create(key, Box::new(producer)),
         }
@@ -305,11 +335,11 @@ impl Cache {
 }
 
 impl Shared {
-    fn find_or_create(self: &Arc<Self>, key: &str, producer: Producer) -> Result<(Stream, bool)> {
+    fn find_or_create(self: &Arc<Self>, key: &str, producer: Producer) -> Result<(Stream, Lookup)> {
         if let Some(admission) = &self.admission {
             if !admission.admit(key, Instant::now()) {
                 self.metrics.add_bypassed(1);
-                return Ok((run_direct(key, producer, &self.metrics)?, true));
+                return Ok((run_direct(key, producer, &self.metrics)?, Lookup::Bypass));
             }
         }
         let mut index = lock(&self.index);
@@ -318,7 +348,10 @@ impl Shared {
                 Ok(reader) => {
                     drop(index);
                     self.metrics.add_hits(1);
-                    return Ok((Stream::entry(reader, Arc::clone(&self.metrics)), false));
+                    return Ok((
+                        Stream::entry(reader, Arc::clone(&self.metrics)),
+                        Lookup::Hit,
+                    ));
                 }
                 Err(err) => {
                     tracing::debug!(key, error = %err, "streamcache: entry unusable, replacing it");
@@ -357,7 +390,7 @@ impl Shared {
             writer.inject_close_fault(*kind);
         }
         self.spawn_producer(key, entry, writer, producer);
-        Ok((stream, true))
+        Ok((stream, Lookup::Miss))
     }
 
     fn spawn_producer(

@@ -23,6 +23,11 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 #[non_exhaustive]
 pub struct Config {
     /// The directory entry files live in. Must be absolute; created on first use.
+    ///
+    /// The directory must belong to the cache alone: maintenance removes **every** file
+    /// under it older than `max_age`, whoever made it (that is how files of crashed
+    /// processes are reclaimed). Several caches and processes may share it if they use
+    /// the same `max_age`.
     pub dir: PathBuf,
     /// How long an entry is served after it was created (not after it was last used).
     /// Also the rotation period of the min-occurrences counters. Zero evicts every entry

@@ -121,7 +121,7 @@ mod writer;
 
 pub mod testing;
 
-pub use crate::cache::Cache;
+pub use crate::cache::{Cache, Lookup};
 pub use crate::config::{Config, Settings, DEFAULT_MAX_AGE};
 pub use crate::error::{Error, Op, Result};
 pub use crate::metrics::Stats;

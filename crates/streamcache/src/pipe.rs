@@ -29,7 +29,9 @@ use std::task::Waker;
 use std::task::{Context, Poll};
 
 use crate::cursor::{Cursor, Subscription};
-use crate::sync::{lock, Condvar, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
+
+use crate::sync::{lock, AtomicU8, AtomicUsize, Condvar, Mutex};
 use crate::waiter::Waiter;
 use crate::{Error, Op, Result};
 
@@ -44,48 +46,64 @@ pub(crate) enum Readable {
     Failed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriterState {
-    Open,
-    Closed,
-    Failed,
-}
+const OPEN: u8 = 0;
+const CLOSED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Waiting readers are all woken at least once per this many bytes written; in between,
+/// each write wakes one of them (see [`Core::end_write`]).
+const WAKE_ALL_EVERY: u64 = if cfg!(loom) { 2 } else { 1 << 20 };
+
+/// How long a reader or the writer spins before it parks (see [`Core::spin`]).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 #[derive(Debug)]
 struct State {
-    /// Bytes written; subscribers are the open readers; done once they all left.
-    written: Cursor,
-    /// Highest position any reader ever reached; done once the writer closed cleanly.
-    read: Cursor,
     writer_subscription: Option<Subscription>,
-    writer: WriterState,
-    readers_waiting: usize,
-    writer_waiting: bool,
+    /// Readers parked on [`Core::readers`].
+    parked: usize,
+    /// The writer is parked on [`Core::writer`].
+    writer_parked: bool,
+    /// Wakers of tasks waiting in [`Core::poll_readable`].
     wakers: Vec<Waker>,
-}
-
-impl State {
-    /// All readers left before the writer closed cleanly: nobody may join any more.
-    fn is_broken(&self) -> bool {
-        self.written.is_done() && !self.read.is_done()
-    }
-
-    fn readable(&self, position: u64) -> Option<Readable> {
-        if position < self.written.position() {
-            return Some(Readable::Until(self.written.position()));
-        }
-        match self.writer {
-            WriterState::Open => None,
-            WriterState::Closed => Some(Readable::End),
-            WriterState::Failed => Some(Readable::Failed),
-        }
-    }
+    /// Bytes written when waiting readers were last all woken.
+    announced: u64,
+    /// Some waiting readers were not woken for the latest writes.
+    unannounced: bool,
 }
 
 /// The coordination state of one pipe (see the module docs).
+///
+/// # Hot path and locking
+///
+/// Positions are atomics: a reader with bytes to read and a writer within its
+/// back-pressure allowance touch no lock. The lock guards what is rare (subscribing,
+/// closing, the writer's state) and every *parking*. A thread about to park raises the
+/// parked flag of the cursor it waits on, with the lock held, and parks only if the
+/// position that read-modify-write returned still gives it nothing to do. Whoever moves
+/// that cursor does so with a read-modify-write of the same word, so it sees the flag
+/// if the waiter parked first, and then takes the lock to notify. Two read-modify-writes
+/// of one location cannot miss each other: no wake-up is lost (the loom models check
+/// this).
+///
+/// A reader that finds nothing to read spins briefly before parking, if no other thread
+/// is spinning: with one reader the hand-off per write then costs no sleep and wake-up.
+///
+/// Waking every parked reader on every write made 64 readers thrash on two cores. A
+/// write wakes **one** parked reader, enough to keep the writer going under back
+/// pressure, and all of them once per [`WAKE_ALL_EVERY`] bytes. The one it woke, when it
+/// has caught up and is about to park again, wakes the rest if any write went
+/// unannounced, so no reader waits long for bytes that are there.
 #[derive(Debug)]
 pub(crate) struct Core {
     state: Mutex<State>,
+    /// Bytes written; subscribers are the open readers; done once they all left.
+    written: Cursor,
+    /// The highest position any reader reached; done once the writer closed cleanly.
+    read: Cursor,
+    /// [`OPEN`], [`CLOSED`] or [`FAILED`]; changed under the lock.
+    writer_state: AtomicU8,
+    spinning: AtomicUsize,
     readers: Condvar,
     writer: Condvar,
     backpressure: bool,
@@ -93,22 +111,30 @@ pub(crate) struct Core {
 
 impl Core {
     pub(crate) fn new(backpressure: bool) -> Core {
-        let mut read = Cursor::default();
+        let read = Cursor::default();
         let writer_subscription = backpressure.then(|| read.subscribe());
         Core {
             state: Mutex::new(State {
-                written: Cursor::default(),
-                read,
                 writer_subscription,
-                writer: WriterState::Open,
-                readers_waiting: 0,
-                writer_waiting: false,
+                parked: 0,
+                writer_parked: false,
                 wakers: Vec::new(),
+                announced: 0,
+                unannounced: false,
             }),
+            written: Cursor::default(),
+            read,
+            writer_state: AtomicU8::new(OPEN),
+            spinning: AtomicUsize::new(0),
             readers: Condvar::new(),
             writer: Condvar::new(),
             backpressure,
         }
+    }
+
+    /// All readers left before the writer closed cleanly: nobody may join any more.
+    fn is_broken(&self) -> bool {
+        self.written.is_done() && !self.read.is_done()
     }
 
     /// Registers a reader, calling `open` under the pipe lock so that opening is atomic
@@ -117,18 +143,23 @@ impl Core {
         &self,
         open: impl FnOnce() -> Result<T>,
     ) -> Result<(T, Subscription)> {
-        let mut st = lock(&self.state);
-        if st.is_broken() {
+        let _st = lock(&self.state);
+        if self.is_broken() {
             return Err(Error::ReadersGone);
         }
         let opened = open()?;
-        Ok((opened, st.written.subscribe()))
+        Ok((opened, self.written.subscribe()))
     }
 
     pub(crate) fn close_reader(&self, subscription: Subscription) {
         let mut st = lock(&self.state);
-        if st.written.unsubscribe(subscription) && st.writer_waiting {
-            drop(st);
+        let last = self.written.unsubscribe(subscription);
+        // This reader may have been the one woken for writes the others did not hear
+        // about; it hands them on before it goes.
+        if std::mem::take(&mut st.unannounced) {
+            self.readers.notify_all();
+        }
+        if last && st.writer_parked {
             self.writer.notify_one();
         }
     }
@@ -136,41 +167,97 @@ impl Core {
     /// Waits until the writer may start a write (back pressure) and returns the write
     /// position. Fails once every reader has left.
     pub(crate) fn begin_write(&self) -> Result<u64> {
+        if let Some(ready) = self.try_begin_write() {
+            return ready;
+        }
+        if let Some(ready) = self.spin(|| self.try_begin_write()) {
+            return ready;
+        }
         let mut st = lock(&self.state);
         loop {
-            if st.writer != WriterState::Open {
-                return Err(Error::WriterClosed);
+            if let Some(ready) = self.try_begin_write() {
+                return ready;
             }
-            if st.written.is_done() {
-                return Err(Error::ReadersGone);
+            let read = self.read.flag_parked();
+            if self.written.position() <= read {
+                self.read.clear_parked();
+                continue;
             }
-            if !self.backpressure || st.written.position() <= st.read.position() {
-                return Ok(st.written.position());
-            }
-            st.writer_waiting = true;
+            st.writer_parked = true;
             st = crate::sync::wait(&self.writer, st);
-            st.writer_waiting = false;
+            st.writer_parked = false;
         }
+    }
+
+    fn try_begin_write(&self) -> Option<Result<u64>> {
+        if self.writer_state.load(SeqCst) != OPEN {
+            return Some(Err(Error::WriterClosed));
+        }
+        if self.written.is_done() {
+            return Some(Err(Error::ReadersGone));
+        }
+        let written = self.written.position();
+        if !self.backpressure || written <= self.read.position() {
+            return Some(Ok(written));
+        }
+        None
+    }
+
+    /// Spins for up to [`SPIN`] while `ready` says no, if no other thread of this pipe
+    /// is spinning (on two cores, two spinners would starve the thread they wait for).
+    fn spin<T>(&self, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+        if cfg!(loom) || self.spinning.fetch_add(1, SeqCst) > 0 {
+            if !cfg!(loom) {
+                self.spinning.fetch_sub(1, SeqCst);
+            }
+            return None;
+        }
+        let start = std::time::Instant::now();
+        let mut found = None;
+        'spin: while start.elapsed() < SPIN {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+                if let Some(r) = ready() {
+                    found = Some(r);
+                    break 'spin;
+                }
+            }
+        }
+        self.spinning.fetch_sub(1, SeqCst);
+        found
     }
 
     /// Publishes that the file now holds `position` bytes.
     pub(crate) fn end_write(&self, position: u64) {
+        if !self.written.raise(position, false).parked {
+            return;
+        }
         let mut st = lock(&self.state);
-        st.written.set(position);
-        self.wake_readers(st);
+        let wakers = std::mem::take(&mut st.wakers);
+        if st.parked > 0 {
+            if position - st.announced >= WAKE_ALL_EVERY {
+                st.announced = position;
+                st.unannounced = false;
+                self.readers.notify_all();
+            } else {
+                st.unannounced = true;
+                self.readers.notify_one();
+            }
+        } else {
+            // Only tasks were waiting, and they are all being woken.
+            self.written.clear_parked();
+        }
+        drop(st);
+        wakers.into_iter().for_each(Waker::wake);
     }
 
-    fn wake_readers(&self, mut st: crate::sync::MutexGuard<'_, State>) {
-        let notify = st.readers_waiting > 0;
-        let wakers = if st.wakers.is_empty() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut st.wakers)
-        };
+    /// Wakes every waiting reader (the writer's state changed).
+    fn wake_all_readers(&self, mut st: crate::sync::MutexGuard<'_, State>) {
+        st.unannounced = false;
+        st.announced = self.written.position();
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
-        if notify {
-            self.readers.notify_all();
-        }
+        self.readers.notify_all();
         wakers.into_iter().for_each(Waker::wake);
     }
 
@@ -178,63 +265,124 @@ impl Core {
     /// then broken for good) or if it was closed before.
     pub(crate) fn close_writer(&self) -> Result<()> {
         let mut st = lock(&self.state);
-        if st.writer != WriterState::Open {
+        if self.writer_state.load(SeqCst) != OPEN {
             return Err(Error::WriterClosed);
         }
-        if st.written.is_done() {
-            st.writer = WriterState::Failed;
-            self.wake_readers(st);
+        if self.written.is_done() {
+            self.writer_state.store(FAILED, SeqCst);
+            self.wake_all_readers(st);
             return Err(Error::ReadersGone);
         }
         match st.writer_subscription.take() {
-            Some(subscription) => st.read.unsubscribe(subscription),
-            None => st.read.unsubscribe_absent(),
+            Some(subscription) => self.read.unsubscribe(subscription),
+            None => self.read.unsubscribe_absent(),
         };
-        st.writer = WriterState::Closed;
-        self.wake_readers(st);
+        self.writer_state.store(CLOSED, SeqCst);
+        self.wake_all_readers(st);
         Ok(())
     }
 
     /// The producer failed: readers that reach the end get the failure.
     pub(crate) fn fail(&self) {
-        let mut st = lock(&self.state);
-        if st.writer == WriterState::Open {
-            st.writer = WriterState::Failed;
+        let st = lock(&self.state);
+        let _ = self
+            .writer_state
+            .compare_exchange(OPEN, FAILED, SeqCst, SeqCst);
+        self.wake_all_readers(st);
+    }
+
+    /// What a reader at `position` may do now, if anything.
+    fn try_readable(&self, position: u64) -> Option<Readable> {
+        // The state first: once the writer is seen closed, the position read after it
+        // is final.
+        let state = self.writer_state.load(SeqCst);
+        let written = self.written.position();
+        if position < written {
+            return Some(Readable::Until(written));
         }
-        self.wake_readers(st);
+        match state {
+            OPEN => None,
+            CLOSED => Some(Readable::End),
+            _ => Some(Readable::Failed),
+        }
     }
 
     /// Blocks until a reader at `position` has something to do.
     pub(crate) fn wait_readable(&self, position: u64) -> Readable {
-        let mut st = lock(&self.state);
         loop {
-            if let Some(readable) = st.readable(position) {
+            if let Some(readable) = self.wait_readable_for(position, None) {
                 return readable;
             }
-            st.readers_waiting += 1;
-            st = crate::sync::wait(&self.readers, st);
-            st.readers_waiting -= 1;
+        }
+    }
+
+    /// Like [`Core::wait_readable`], giving up (`None`) after about `timeout`, so the
+    /// caller can look around (has my destination gone?) and wait again.
+    pub(crate) fn wait_readable_for(
+        &self,
+        position: u64,
+        timeout: Option<std::time::Duration>,
+    ) -> Option<Readable> {
+        if let Some(readable) = self.try_readable(position) {
+            return Some(readable);
+        }
+        if let Some(readable) = self.spin(|| self.try_readable(position)) {
+            return Some(readable);
+        }
+        let mut st = lock(&self.state);
+        let mut waited = false;
+        loop {
+            if let Some(readable) = self.try_readable(position) {
+                return Some(readable);
+            }
+            let written = self.written.flag_parked();
+            if position < written {
+                return Some(Readable::Until(written));
+            }
+            if waited && timeout.is_some() {
+                return None;
+            }
+            if std::mem::take(&mut st.unannounced) {
+                // Caught up after being the one woken: wake the others for what they
+                // were not told about.
+                st.announced = written;
+                self.readers.notify_all();
+            }
+            st.parked += 1;
+            st = match timeout {
+                None => crate::sync::wait(&self.readers, st),
+                Some(timeout) => crate::sync::wait_timeout(&self.readers, st, timeout),
+            };
+            st.parked -= 1;
+            waited = true;
         }
     }
 
     /// Like [`Core::wait_readable`], for tasks.
     #[cfg(any(feature = "tokio", test))]
     pub(crate) fn poll_readable(&self, position: u64, cx: &mut Context<'_>) -> Poll<Readable> {
+        if let Some(readable) = self.try_readable(position) {
+            return Poll::Ready(readable);
+        }
         let mut st = lock(&self.state);
-        if let Some(readable) = st.readable(position) {
+        if let Some(readable) = self.try_readable(position) {
             return Poll::Ready(readable);
         }
         if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
             st.wakers.push(cx.waker().clone());
+        }
+        let written = self.written.flag_parked();
+        if position < written {
+            return Poll::Ready(Readable::Until(written));
         }
         Poll::Pending
     }
 
     /// Records that a reader reached `position`; wakes a writer held back by it.
     pub(crate) fn advance(&self, position: u64) {
-        let mut st = lock(&self.state);
-        if st.read.set(position) && st.writer_waiting {
-            drop(st);
+        let raised = self.read.raise(position, true);
+        if raised.advanced && raised.parked {
+            let _st = lock(&self.state);
             self.writer.notify_one();
         }
     }
@@ -242,13 +390,12 @@ impl Core {
     /// The writer's lead over the fastest reader, in bytes.
     #[cfg(all(test, not(loom)))]
     pub(crate) fn lead(&self) -> u64 {
-        let st = lock(&self.state);
-        st.written.position().saturating_sub(st.read.position())
+        self.written.position().saturating_sub(self.read.position())
     }
 
     #[cfg(test)]
     pub(crate) fn written(&self) -> u64 {
-        lock(&self.state).written.position()
+        self.written.position()
     }
 
     /// `Some(bytes written)` while the writer is parked in [`Core::begin_write`] and held
@@ -257,8 +404,16 @@ impl Core {
     #[cfg(all(test, not(loom)))]
     pub(crate) fn writer_held(&self) -> Option<u64> {
         let st = lock(&self.state);
-        let held = st.writer_waiting && st.written.position() > st.read.position();
-        held.then(|| st.written.position())
+        let written = self.written.position();
+        let held = st.writer_parked && written > self.read.position();
+        held.then_some(written)
+    }
+
+    /// Wakes a parked writer for no reason (tests of spurious wake-ups).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn nudge_writer(&self) {
+        let _st = lock(&self.state);
+        self.writer.notify_all();
     }
 }
 

@@ -22,6 +22,8 @@ use crate::{Error, Op, Result};
 
 /// Most bytes moved by one `sendfile(2)` call.
 const SENDFILE_CHUNK: u64 = 4 << 20;
+/// How often [`Stream::send_to`] looks at its destination while the producer is quiet.
+const HANGUP_CHECK: Duration = Duration::from_secs(1);
 /// Buffer size of the plain copy loops.
 const COPY_BUFFER: usize = 64 << 10;
 
@@ -270,7 +272,24 @@ fn send_entry(
 ) -> Result<()> {
     let mut progressed = false;
     loop {
-        let end = match reader.pipe.core.wait_readable(reader.position) {
+        let readable = loop {
+            if let Some(readable) = reader
+                .pipe
+                .core
+                .wait_readable_for(reader.position, Some(HANGUP_CHECK))
+            {
+                break readable;
+            }
+            // The producer is quiet. If our destination hung up meanwhile, leave now:
+            // holding the reader would keep a producer alive for nobody.
+            if has_hung_up(dst) {
+                return Err(Error::Copy(Arc::new(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the destination hung up while waiting for the producer",
+                ))));
+            }
+        };
+        let end = match readable {
             Readable::End => return Ok(()),
             Readable::Failed => return Err(reader.failure()),
             Readable::Until(end) => end,
@@ -326,6 +345,23 @@ fn write_all_fd(dst: BorrowedFd<'_>, mut buf: &[u8]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `dst` reports a hang-up or an error (a socket whose peer closed, a pipe
+/// whose reader left); never for regular files.
+fn has_hung_up(dst: BorrowedFd<'_>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&dst, PollFlags::empty())];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL),
+        _ => false,
+    }
 }
 
 fn wait_writable(dst: BorrowedFd<'_>) -> Result<()> {

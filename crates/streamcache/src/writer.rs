@@ -9,7 +9,8 @@ use crate::{Error, Op, Result};
 
 /// Where a producer writes the entry's bytes.
 ///
-/// Every `write` call stores the whole buffer or fails: a short write is never reported.
+/// Every `write` call stores the whole buffer or fails: a short write is never reported,
+/// and readers never see part of a failed call.
 /// With back pressure on (the default), a call first waits until the fastest reader has
 /// caught up with everything written so far, so the producer runs at most one write call
 /// ahead of its fastest reader. Bound your write sizes to bound that lead (64 KiB is a
@@ -165,13 +166,16 @@ impl Write for Writer {
                         }
                     }
                 }
-                self.written += done as u64;
-                pipe.core.end_write(self.written);
                 if let Some(e) = error {
+                    // The part of this call that did reach the file is not published:
+                    // readers never see a torn write, only what came before it and
+                    // then the error. (The reference publishes the partial bytes.)
                     let err = Error::io(Op::Write, &pipe.path, e);
                     *failure = Some(err.clone());
                     return Err(err.into());
                 }
+                self.written += done as u64;
+                pipe.core.end_write(self.written);
                 Ok(buf.len())
             }
             Inner::Direct(pipe) => {

@@ -252,7 +252,7 @@ fn with_back_pressure_the_writer_stays_one_write_ahead_of_the_reader() {
     assert_eq!((core.written(), core.lead()), (2, 1));
 
     // Still blocked: a wake-up without reader progress sends it back to waiting at 2.
-    core.writer.notify_all();
+    core.nudge_writer();
     assert_eq!(await_writer_held(core, &producer), 2);
     assert_eq!(progress.load(Ordering::SeqCst), 2);
 

@@ -80,3 +80,28 @@ fn many_distinct_one_off_keys_never_touch_the_disk() {
     let stats = c.cache.stats();
     assert_eq!((stats.bypassed, stats.misses, stats.hits), (1000, 0, 0));
 }
+
+#[test]
+fn lookup_tells_a_bypass_from_a_miss_and_a_hit() {
+    use streamcache::Lookup;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = streamcache::Config::new(dir.path());
+    cfg.min_occurrences = 1;
+    let cache = streamcache::Cache::new(cfg).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (mut stream, lookup) = cache
+            .lookup("k", |w| std::io::Write::write_all(w, b"v"))
+            .unwrap();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut out).unwrap();
+        stream.wait().unwrap();
+        assert_eq!(out, b"v");
+        seen.push(lookup);
+    }
+    assert_eq!(seen, [Lookup::Bypass, Lookup::Miss, Lookup::Hit]);
+    let (_, lookup) = streamcache::Cache::disabled()
+        .lookup("k", |_| Ok(()))
+        .unwrap();
+    assert_eq!(lookup, Lookup::Bypass);
+}

@@ -148,3 +148,30 @@ fn a_full_disk_fails_every_reader_and_the_cache_recovers_once_space_returns() {
         drop(cache);
     });
 }
+
+#[test]
+fn a_write_cut_short_by_a_full_disk_is_never_shown_to_readers() {
+    with_and_without_backpressure(|backpressure| {
+        let tmpfs = SmallTmpfs::mount();
+        let cache = cache_on(tmpfs.dir.path().join("cache"), backpressure);
+        let (tx, gate) = mpsc::channel();
+        let (mut stream, created) = cache
+            .find_or_create("torn", move |w| {
+                gate.recv().map_err(io::Error::other)?;
+                w.write_all(b"whole")?;
+                // One call larger than the whole file system: the kernel stores part of
+                // it, then reports ENOSPC.
+                w.write_all(&vec![0x77_u8; 12 << 20])?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(created);
+        tx.send(()).unwrap();
+        let (bytes, result) = crate::support::drain(&mut stream);
+        assert_eq!(
+            bytes, b"whole",
+            "readers get the complete first write and nothing of the torn second one"
+        );
+        assert_disk_full(&result.unwrap_err(), "the reader");
+    });
+}

@@ -190,3 +190,46 @@ fn send_to_reports_a_failed_producer_after_delivering_what_it_wrote() {
         assert_eq!(stream.wait().unwrap_err().to_string(), "producer gave up");
     });
 }
+
+#[test]
+fn send_to_leaves_when_its_destination_hangs_up_during_a_quiet_producer() {
+    with_and_without_backpressure(|backpressure| {
+        let tc = TempCache::new(backpressure);
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (wrote, written) = std::sync::mpsc::channel::<io::Result<()>>();
+        let (mut stream, _) = tc
+            .cache
+            .find_or_create("quiet", move |w| {
+                w.write_all(b"first")?;
+                // Quiet until the test says so, then try to write again.
+                let _ = gate.recv();
+                let second = w.write_all(b"second");
+                let _ = wrote.send(
+                    second
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| io::Error::new(e.kind(), e.to_string())),
+                );
+                second
+            })
+            .unwrap();
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let sender = std::thread::spawn(move || {
+            let result = stream.send_to(&ours);
+            drop(stream);
+            result
+        });
+        // The peer reads the first bytes, then hangs up while the producer is quiet.
+        let mut peer = peer;
+        let mut first = [0u8; 5];
+        peer.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"first");
+        drop(peer);
+        let err = sender.join().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+        // That was the only reader: the producer's next write finds nobody.
+        release.send(()).unwrap();
+        let second = written.recv().unwrap().unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::BrokenPipe, "{second}");
+    });
+}
