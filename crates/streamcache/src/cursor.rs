@@ -142,8 +142,7 @@ impl Cursor {
         pending
     }
 
-    #[cfg(all(test, not(loom)))]
-    fn subscriber_count(&self) -> usize {
+    pub(crate) fn subscriber_count(&self) -> usize {
         self.subscribers.load(SeqCst)
     }
 }
