@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, PidfdFlags, Signal};
 
 use crate::spill::Spill;
 use crate::wire::{self, ExitStatus, Kind, HEADER_LEN, MAX_DATA_PAYLOAD};
@@ -62,11 +62,13 @@ impl Children {
         self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Sends `signal` to every running child. Their producers reap them.
+    /// Sends `signal` to every running child and its process group. Their producers
+    /// reap them.
     pub(crate) fn signal_all(&self, signal: Signal) {
         for &pid in lock(&self.pids).iter() {
             if let Some(pid) = Pid::from_raw(pid) {
                 // The child may have exited (unreaped); failing to signal it is fine.
+                let _ = rustix::process::kill_process_group(pid, signal);
                 let _ = rustix::process::kill_process(pid, signal);
             }
         }
@@ -115,6 +117,7 @@ impl Job {
             // Its own process group: a Ctrl-C meant for a daemon in a terminal does not
             // reach the children; the daemon stops them itself.
             .process_group(0);
+        die_with_the_daemon(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot run {program:?}: {e}")))?;
@@ -124,16 +127,21 @@ impl Job {
             (Some(out), Some(err)) => pump(out.into(), err.into(), w, deadline),
             _ => Err(io::Error::other("child pipes missing")),
         };
-        if let Err(e) = pumped {
-            stop(&mut child);
-            if e.kind() == io::ErrorKind::TimedOut {
-                tracing::warn!(program, "producer timed out; child killed");
-            } else {
-                tracing::debug!(program, error = %e, "producer stopped; child killed");
+        // A command may close its output and go on running: the deadline holds for
+        // the wait as well.
+        let ended = pumped.and_then(|()| wait_until(&mut child, deadline));
+        let status = match ended {
+            Ok(Some(status)) => status,
+            Ok(None) => return timed_out(&mut child, &program, self.timeout, w),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return timed_out(&mut child, &program, self.timeout, w)
             }
-            return Err(e);
-        }
-        let status = child.wait()?;
+            Err(e) => {
+                stop(&mut child);
+                tracing::debug!(program, error = %e, "producer stopped; child killed");
+                return Err(e);
+            }
+        };
         let exit = match (status.code(), status.signal()) {
             (Some(code), _) => ExitStatus::Code(code),
             (None, Some(signal)) => ExitStatus::Signal(signal),
@@ -148,8 +156,97 @@ impl Job {
     }
 }
 
+/// Kills a command that ran past the producer timeout and tells its readers so, as the
+/// command's own last words: a line on stderr and an exit by SIGKILL. Clients then
+/// fail with that message (exit 137) instead of running the command themselves, which
+/// would hang them as it hung here.
+fn timed_out<W: Write>(
+    child: &mut Child,
+    program: &str,
+    timeout: Option<Duration>,
+    w: &mut W,
+) -> io::Result<()> {
+    stop(child);
+    let limit = timeout.map_or_else(String::new, |t| humantime::format_duration(t).to_string());
+    tracing::warn!(program, timeout = %limit, "producer timeout reached; command killed");
+    let message = format!(
+        "streamcache: killed {program}: it ran longer than the producer timeout ({limit})\n"
+    );
+    w.write_all(&wire::frame(Kind::Stderr, message.as_bytes()))?;
+    w.write_all(&wire::frame(
+        Kind::Exit,
+        &ExitStatus::Signal(Signal::KILL.as_raw()).encode(),
+    ))?;
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{program} killed after the producer timeout ({limit})"),
+    ))
+}
+
+/// Makes the kernel kill the command if the daemon dies (SIGKILL, a crash) while it
+/// runs: a daemon that cannot stop its children must not leave them behind, silent and
+/// unread, for ever. The signal is tied to the thread that starts the command, a
+/// producer thread, which waits for the command before it does anything else.
+fn die_with_the_daemon(cmd: &mut Command) {
+    let daemon = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec. It makes two system
+    // calls (prctl, getppid), both async-signal-safe, and neither allocates nor takes
+    // a lock; its error is built from a raw errno or a kind, which does not allocate.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            // The daemon died before that took effect: nobody would send the signal.
+            if rustix::process::getppid() != Some(daemon) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits for the child to exit, until `deadline`. `Ok(None)`: it still runs then.
+fn wait_until(
+    child: &mut Child,
+    deadline: Option<Instant>,
+) -> io::Result<Option<std::process::ExitStatus>> {
+    let Some(deadline) = deadline else {
+        return child.wait().map(Some);
+    };
+    let pidfd = match rustix::process::pidfd_open(Pid::from_child(child), PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        // A kernel without pidfds (before 5.3): wait without the deadline.
+        Err(rustix::io::Errno::NOSYS) => return child.wait().map(Some),
+        Err(e) => return Err(e.into()),
+    };
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match poll(&mut fds, Some(&timespec(left))) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn timespec(d: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec::try_from(d).unwrap_or(rustix::event::Timespec {
+        tv_sec: i64::MAX,
+        tv_nsec: 0,
+    })
+}
+
 fn stop(child: &mut Child) {
-    // The child may already be gone; then there is nothing to stop.
+    // The whole process group: what the command started goes with it. The group may be
+    // gone already; then there is nothing to stop.
+    if let Some(pid) = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)) {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -174,12 +271,7 @@ fn pump<W: Write>(
                         "producer timeout reached",
                     ));
                 }
-                Some(
-                    rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
-                        tv_sec: i64::MAX,
-                        tv_nsec: 0,
-                    }),
-                )
+                Some(timespec(left))
             }
         };
         let ready: Vec<bool> = {
@@ -331,13 +423,74 @@ mod tests {
     }
 
     #[test]
-    fn the_timeout_kills_a_command_that_runs_too_long() {
-        let mut j = job("exec sleep 600", b"");
-        j.timeout = Some(Duration::from_millis(50));
-        let mut entry = Vec::new();
-        let err = j.run(&mut entry).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(entry.is_empty());
+    fn the_timeout_kills_a_command_that_runs_too_long_and_says_so_in_its_frames() {
+        for script in [
+            "exec sleep 600",
+            // Output closed, still running: the wait keeps to the deadline too.
+            "exec >&- 2>&-; exec sleep 600",
+            "echo partial; exec sleep 600",
+        ] {
+            let mut j = job(script, b"");
+            j.timeout = Some(Duration::from_millis(200));
+            let children = Arc::clone(&j.children);
+            let mut entry = Vec::new();
+            let err = j.run(&mut entry).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{script}");
+            let (out, stderr, exit) = demux(&entry);
+            let expect_out: &[u8] = if script.starts_with("echo") {
+                b"partial\n"
+            } else {
+                b""
+            };
+            assert_eq!(out, expect_out, "{script}");
+            assert_eq!(
+                String::from_utf8(stderr).unwrap(),
+                "streamcache: killed sh: it ran longer than the producer timeout (200ms)\n"
+            );
+            assert_eq!(exit, Some(ExitStatus::Signal(9)), "{script}");
+            assert_eq!(children.running(), 0, "{script}: reaped");
+        }
+    }
+
+    #[test]
+    fn stopping_a_command_stops_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        // The shell's background child would keep running after the shell is killed.
+        let j = job(
+            &format!(
+                "sleep 600 & echo $! > {}; echo go; wait",
+                pid_file.display()
+            ),
+            b"",
+        );
+        struct Gone;
+        impl Write for Gone {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = j.run(&mut Gone).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let gone = || {
+            std::fs::read_to_string(&stat).map_or(true, |s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !gone() {
+            assert!(
+                Instant::now() < deadline,
+                "the background sleep {pid} lives on"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
