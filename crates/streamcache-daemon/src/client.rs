@@ -182,9 +182,9 @@ fn through_daemon(
         }),
         Err(Failure::StdoutClosed) => Done::Exit(141),
         Err(Failure::AfterOutput(reason)) => {
-            if opts.verbose {
-                eprintln!("streamcache: {reason}");
-            }
+            // The caller is about to fail on a cut-short stream: say why, even without
+            // -v (git shows it as "remote: streamcache: …" next to its own error).
+            eprintln!("streamcache: {reason}");
             Done::Exit(1)
         }
     }
@@ -297,9 +297,10 @@ impl Relay {
             (_, Some(Ok(())), Some(exit)) => Ok(exit.shell_code()),
             // The command failed: its exit code (never 0) is the answer.
             (_, Some(Err(_)), Some(exit)) if !exit.success() => Ok(exit.shell_code()),
-            (_, Some(Err(e)), _) => Err(self.fail(format!("daemon: {e}"))),
+            (_, Some(Err(e)), _) => Err(self.fail(format!("the daemon's cache failed: {e}"))),
             (_, Some(Ok(())), None) => Err(self.fail("daemon reply has no exit status".into())),
-            (_, None, _) => Err(self.fail("daemon reply broke off".into())),
+            (_, None, _) => Err(self
+                .fail("the daemon's reply broke off before the end (did the daemon stop?)".into())),
         }
     }
 
@@ -421,8 +422,14 @@ pub(crate) fn fetch_stats(socket: &Path) -> anyhow::Result<String> {
     let mut conn = UnixStream::connect(socket)
         .with_context(|| format!("cannot reach the daemon at {}", socket.display()))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    wire::write_frame(&mut conn, Kind::StatsRequest, &[wire::PROTOCOL_VERSION])?;
-    let (kind, payload) = wire::read_frame(&mut conn).context("reading the daemon's reply")?;
+    // A daemon that refuses us answers without reading the request, and may have
+    // closed before it is sent: its answer is still there to read, and says more.
+    let sent = wire::write_frame(&mut conn, Kind::StatsRequest, &[wire::PROTOCOL_VERSION]);
+    let (kind, payload) = match (wire::read_frame(&mut conn), sent) {
+        (Ok(frame), _) => frame,
+        (Err(_), Err(e)) => return Err(e).context("sending the request"),
+        (Err(e), Ok(())) => return Err(e).context("reading the daemon's reply"),
+    };
     match kind {
         Kind::StatsReply => Ok(String::from_utf8_lossy(&payload).into_owned()),
         Kind::Response => {
