@@ -77,6 +77,10 @@ struct ServeArgs {
     /// The largest stdin accepted, in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     max_stdin: Option<u64>,
+    /// Connections served at once; more are turned away and run their command
+    /// themselves [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -168,6 +172,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         producer_timeout: args.producer_timeout,
         request_timeout: args.request_timeout,
         max_stdin: args.max_stdin,
+        max_connections: args.max_connections,
         log_level: level,
     };
     let settings = ServeSettings::resolve(file, flags)?;

@@ -20,6 +20,7 @@ pub(crate) struct Counters {
     pub(crate) bad_requests: AtomicU64,
     pub(crate) peer_refused: AtomicU64,
     pub(crate) client_gone: AtomicU64,
+    pub(crate) busy: AtomicU64,
 }
 
 /// One metric: its name, type, help, and the `key=value` name it has in stats replies.
@@ -58,6 +59,7 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
         m("streamcache_bad_requests_total", "counter", "Requests that could not be decoded or read in time.", c.bad_requests.load(Relaxed)),
         m("streamcache_errors_total", "counter", "Requests the cache could not serve before any output (the client ran the command itself).", c.errors.load(Relaxed)),
         m("streamcache_clients_gone_total", "counter", "Clients that left before the end of their stream.", c.client_gone.load(Relaxed)),
+        m("streamcache_busy_total", "counter", "Connections turned away at the connection limit (the client ran the command itself).", c.busy.load(Relaxed)),
         m("streamcache_children_started_total", "counter", "Commands started by producers.", daemon.children.started()),
         m("streamcache_children_running", "gauge", "Commands running now.", daemon.children.running() as u64),
         m("streamcache_uptime_seconds", "gauge", "Seconds since the daemon started.", daemon.started.elapsed().as_secs()),
@@ -226,10 +228,11 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
         (
             "problems",
             format!(
-                "{} bad requests, {} peers refused, {} cache errors",
+                "{} bad requests, {} peers refused, {} cache errors, {} turned away busy",
                 num("bad_requests_total"),
                 num("peer_refused_total"),
-                num("errors_total")
+                num("errors_total"),
+                num("busy_total")
             ),
         ),
     ];

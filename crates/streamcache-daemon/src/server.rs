@@ -3,6 +3,8 @@
 //! Threads, not async: one thread per connection, blocking I/O. The library is
 //! thread-native (producers run on its threads) and a connection spends its life in
 //! one `sendfile(2)` loop, so a thread each is the simplest thing that is also fast.
+//! At most `max_connections` are served at once; the accept loop answers the next ones
+//! "busy" itself, so no number of clients makes threads or memory grow without bound.
 //!
 //! A connection: check the peer's uid, read the request frame and the stdin that
 //! follows (under a deadline), check the allow-list, hash the key, `find_or_create`,
@@ -152,7 +154,14 @@ fn accept_loop(
 
 fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
     daemon.counters.connections.fetch_add(1, Relaxed);
-    *lock(&daemon.active) += 1;
+    {
+        let mut active = lock(&daemon.active);
+        if *active >= daemon.settings.max_connections {
+            drop(active);
+            return turn_away(daemon, stream);
+        }
+        *active += 1;
+    }
     daemon.counters.active.fetch_add(1, Relaxed);
     let d = Arc::clone(daemon);
     let spawned = std::thread::Builder::new()
@@ -169,6 +178,24 @@ fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
         tracing::error!(error = %e, "cannot start a connection thread");
         *lock(&daemon.active) -= 1;
         daemon.counters.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Answers a connection over the limit, on the accept loop's thread, without reading
+/// it: a thread per connection must not mean threads (and memory) without bound. The
+/// client runs the command itself.
+fn turn_away(daemon: &Daemon, mut stream: UnixStream) {
+    daemon.counters.busy.fetch_add(1, Relaxed);
+    let max = daemon.settings.max_connections;
+    tracing::debug!(max, "connection limit reached; a client is turned away");
+    // A new socket's buffer is empty, so this small write cannot wait; non-blocking
+    // makes sure the accept loop never does.
+    if stream.set_nonblocking(true).is_ok() {
+        respond(
+            &mut stream,
+            Status::Error,
+            &format!("busy: serving {max} connections already (max_connections)"),
+        );
     }
 }
 

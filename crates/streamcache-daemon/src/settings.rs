@@ -17,6 +17,9 @@ use crate::wire::Limits;
 pub(crate) const DEFAULT_MIN_OCCURRENCES: u32 = 0;
 /// How long a client has to send its whole request.
 pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are turned away (the clients run their commands
+/// themselves). Each costs a thread and, while its request is read, up to 5 MiB.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// How long a stopping daemon lets streams in flight finish.
 pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -35,6 +38,7 @@ pub(crate) struct FileSettings {
     pub(crate) producer_timeout: Option<String>,
     pub(crate) request_timeout: Option<String>,
     pub(crate) max_stdin: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<String>,
 }
 
@@ -76,6 +80,7 @@ pub(crate) struct ServeFlags {
     pub(crate) producer_timeout: Option<String>,
     pub(crate) request_timeout: Option<String>,
     pub(crate) max_stdin: Option<u64>,
+    pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<String>,
 }
 
@@ -93,6 +98,7 @@ pub(crate) struct ServeSettings {
     pub(crate) producer_timeout: Option<Duration>,
     pub(crate) request_timeout: Duration,
     pub(crate) limits: Limits,
+    pub(crate) max_connections: usize,
     pub(crate) log_level: tracing::Level,
 }
 
@@ -158,6 +164,13 @@ impl ServeSettings {
         if let Some(max) = flags.max_stdin.or(file.max_stdin) {
             limits.max_stdin = max;
         }
+        let max_connections = flags
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            bail!("max_connections: must be more than zero");
+        }
         let log_level = match flags.log_level.or(file.log_level) {
             Some(text) => parse_level(&text)?,
             None => tracing::Level::INFO,
@@ -174,6 +187,7 @@ impl ServeSettings {
             producer_timeout,
             request_timeout,
             limits,
+            max_connections,
             log_level,
         };
         if settings.socket.starts_with(settings.entries_dir()) {
@@ -297,6 +311,7 @@ mod tests {
             producer_timeout = "1h"
             request_timeout = "30s"
             max_stdin = 67108864
+            max_connections = 1024
             log_level = "info"
             "#,
         )
@@ -311,6 +326,7 @@ mod tests {
         assert_eq!(s.producer_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9236".parse().unwrap()));
         assert_eq!(s.limits.max_stdin, 64 << 20);
+        assert_eq!(s.max_connections, 1024);
     }
 
     #[test]
