@@ -799,4 +799,6 @@ fn no_nul(bytes: &[u8], what: &'static str) -> Result<(), WireError> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
