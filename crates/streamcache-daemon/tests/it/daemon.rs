@@ -111,7 +111,7 @@ fn a_second_daemon_on_a_live_socket_refuses_to_start_and_a_stale_socket_is_repla
         .arg("--dir")
         .arg(dir.path().join("c"));
     let replaced = Daemon::spawn(serve, dir, stale.clone(), |_| {});
-    assert!(replaced.log().contains("replacing a stale socket file"));
+    replaced.wait_for_log(&["replacing a stale socket file"]);
     UnixStream::connect(&stale).unwrap();
 }
 
@@ -262,7 +262,7 @@ fn after_the_grace_period_a_stuck_command_is_killed_and_the_daemon_exits() {
     let status = daemon.stop();
     assert!(status.success(), "{status}");
     assert!(
-        daemon.log().contains("grace period over"),
+        daemon.whole_log().contains("grace period over"),
         "{}",
         daemon.log()
     );

@@ -136,6 +136,23 @@ impl Daemon {
         }
     }
 
+    /// The whole log of a daemon that has exited: waits for its last line to be read.
+    pub(crate) fn whole_log(&self) -> String {
+        assert!(
+            self.child.is_none(),
+            "the daemon must have been stopped first"
+        );
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.line_rx.recv_timeout(left) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => return self.log(),
+                Err(RecvTimeoutError::Timeout) => panic!("the daemon's log never ended"),
+            }
+        }
+    }
+
     /// `streamcache stats --raw` as a map.
     pub(crate) fn stats(&self) -> HashMap<String, String> {
         let out = Command::new(BIN)
@@ -521,4 +538,411 @@ fn fast_import_stream() -> Vec<u8> {
         .as_bytes(),
     );
     s
+}
+
+// ---- Fault and abuse suite helpers: daemons on chosen paths, /proc, tmpfs, raw wire.
+
+impl Daemon {
+    /// Starts a daemon on `socket` with its cache in `cache_dir` (both chosen by the
+    /// caller, e.g. on a tmpfs or shared with an earlier daemon) and `args`.
+    pub(crate) fn start_on(socket: &Path, cache_dir: &Path, args: &[&str]) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--dir")
+            .arg(cache_dir)
+            .arg("-v")
+            .args(args);
+        if !args.contains(&"--grace") {
+            cmd.args(["--grace", "10s"]);
+        }
+        Daemon::spawn(cmd, tempfile::tempdir().unwrap(), socket.to_owned(), |_| {})
+    }
+
+    /// Makes one stats request, reads until the daemon closes the connection, and waits
+    /// for the thread that served it to end: once this returns, the daemon is in its
+    /// accept loop and holds no descriptor, thread or connection slot for any earlier
+    /// request of ours. Baselines are taken after it.
+    pub(crate) fn settle(&self) {
+        use std::io::Read;
+        use streamcache_daemon::wire::{self, Kind};
+        let mut conn = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        wire::write_frame(&mut conn, Kind::StatsRequest, &[wire::PROTOCOL_VERSION]).unwrap();
+        let mut reply = Vec::new();
+        conn.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply.first(), Some(&b'S'), "a stats reply");
+        let pid = self.pid();
+        wait_until("the daemon's connection threads end", || {
+            !thread_names(pid).iter().any(|n| n == "streamcache-con")
+        });
+    }
+
+    /// Kills the daemon with SIGKILL and reaps it.
+    pub(crate) fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        signal(child.id(), rustix::process::Signal::KILL);
+        child.wait().unwrap()
+    }
+}
+
+/// Polls `done` until it holds, failing the test with `what` after [`PATIENCE`]. For
+/// events that have no notification to wait on (a file vanishing, a process exiting
+/// that is not our child, a thread ending inside another process).
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What `/proc/<pid>/fd` points to, one target per open descriptor.
+pub(crate) fn open_fds(pid: u32) -> Vec<PathBuf> {
+    let mut targets = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        // A descriptor closed between the listing and the readlink is not open.
+        if let Ok(target) = std::fs::read_link(entry.unwrap().path()) {
+            targets.push(target);
+        }
+    }
+    targets.sort();
+    targets
+}
+
+/// The open descriptors of `pid`, without those on `entries` and the files under it
+/// (the cache keeps its directory and read handles of recent entries open on purpose),
+/// as a sorted list.
+pub(crate) fn fds_besides_entries(pid: u32, entries: &Path) -> Vec<PathBuf> {
+    open_fds(pid)
+        .into_iter()
+        .filter(|t| !t.starts_with(entries))
+        .collect()
+}
+
+/// Waits until the descriptors of `pid` besides those on entry files are `before`
+/// again; on a timeout the failure shows both lists.
+pub(crate) fn wait_for_fds(pid: u32, entries: &Path, before: &[PathBuf]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = fds_besides_entries(pid, entries);
+        if now == before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's descriptors did not return to {before:?}: now {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The names of the daemon's lasting threads: every thread but those serving a
+/// connection (which end with it). Take this after [`Daemon::settle`] as the baseline
+/// that [`wait_for_threads`] waits to see again.
+pub(crate) fn lasting_threads(pid: u32) -> Vec<String> {
+    let mut names = thread_names(pid);
+    names.retain(|n| n != "streamcache-con");
+    names
+}
+
+/// Every thread of `pid`, connection threads included.
+pub(crate) fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        // A thread that ended between the listing and the read is not there.
+        if let Ok(comm) = std::fs::read_to_string(task.unwrap().path().join("comm")) {
+            names.push(comm.trim_end().to_owned());
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Waits until the threads of `pid` are exactly `baseline` again: no connection thread
+/// is left, and producer threads, which exit after 5 s idle, have gone. On a timeout
+/// the failure shows both lists.
+pub(crate) fn wait_for_threads(pid: u32, baseline: &[String]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = thread_names(pid);
+        if now == baseline {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's threads did not return to {baseline:?}: now {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Descriptors of `pid` on entry files under `entries`.
+pub(crate) fn entry_fds(pid: u32, entries: &Path) -> usize {
+    open_fds(pid)
+        .iter()
+        .filter(|t| t.starts_with(entries) && t.as_path() != entries)
+        .count()
+}
+
+/// One field of `/proc/<pid>/status` in KiB (e.g. `VmRSS`).
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Whether a process exists and is not a zombie.
+pub(crate) fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses, which may hold anything.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Regular files (and anything else that is not a directory) under `root`, recursively,
+/// never following links. Empty if `root` does not exist.
+pub(crate) fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => stack.push(path),
+                Ok(_) => found.push(path),
+                Err(_) => {}
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A real tmpfs of a chosen size on a fresh directory, lazily unmounted on drop.
+/// Mounting needs root: without it the test fails (CI runs as root).
+pub(crate) struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (e.g. `size=8m`), mode 0700.
+    pub(crate) fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("{options},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("the mount command runs");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs -o {options} failed (this test needs root; euid is {}): {}",
+            rustix::process::geteuid().as_raw(),
+            text(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Remounts with `options` (e.g. `ro`, `rw`).
+    pub(crate) fn remount(&self, options: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.dir.path())
+            .output()
+            .expect("the mount command runs");
+        assert!(
+            out.status.success(),
+            "remount {options}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// Fills the free blocks with one file, `name`; returns its path.
+    pub(crate) fn fill_blocks(&self, name: &str) -> PathBuf {
+        let path = self.path().join(name);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xa5u8; 64 << 10];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        // Partial blocks: a last byte-sized write until nothing fits.
+        while let Ok(1) = file.write(&[0]) {}
+        path
+    }
+
+    /// Uses up the free inodes with empty files in a new directory `name`; returns it.
+    pub(crate) fn fill_inodes(&self, name: &str) -> PathBuf {
+        let dir = self.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0.. {
+            match std::fs::File::create(dir.join(i.to_string())) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the tmpfs's inodes: {e}"),
+            }
+        }
+        dir
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a descriptor still open somewhere must not leave the mount behind.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A copy of the binary in a world-readable directory, so that a client run as
+/// another user (uid 65534) can execute it.
+pub(crate) fn bin_for_others() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("streamcache");
+    std::fs::copy(BIN, &bin).unwrap();
+    (dir, bin)
+}
+
+/// Fails the test unless it runs as root (tests that mount, or switch users, need it;
+/// CI runs as root).
+pub(crate) fn require_root(why: &str) {
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "this test needs root ({why}); CI runs as root"
+    );
+}
+
+/// A `streamcache exec` child with piped stdout and stderr and no stdin, started now.
+pub(crate) fn spawn_client(mut cmd: Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The SHA-256 of `bytes`, as hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a raw wire client saw of the daemon's reply.
+#[derive(Debug, Default)]
+pub(crate) struct Reply {
+    pub(crate) status: Option<(streamcache_daemon::wire::Status, String)>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) exit: Option<streamcache_daemon::wire::ExitStatus>,
+    pub(crate) verdict: Option<Result<(), String>>,
+}
+
+/// Sends `request` and `stdin` over a fresh connection, reads the whole reply.
+pub(crate) fn wire_roundtrip(
+    socket: &Path,
+    request: &streamcache_daemon::wire::Request,
+    stdin: &[u8],
+) -> Reply {
+    use std::io::Read;
+    use streamcache_daemon::wire::{self, Demux, Event, Kind};
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let mut bytes = wire::frame(Kind::Request, &request.encode());
+    bytes.extend_from_slice(stdin);
+    conn.write_all(&bytes).unwrap();
+    let mut reply = Reply::default();
+    let mut demux = Demux::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        demux
+            .feed(&buf[..n], |ev| {
+                match ev {
+                    Event::Response(s, m) => reply.status = Some((s, m)),
+                    Event::Stdout(b) => reply.stdout.extend_from_slice(b),
+                    Event::Stderr(b) => reply.stderr.extend_from_slice(b),
+                    Event::Exit(e) => reply.exit = Some(e),
+                    Event::Trailer(v) => reply.verdict = Some(v),
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    reply
+}
+
+/// Waits for a client's exit and output, failing the test (and killing the client) if
+/// it has not exited after [`PATIENCE`]: a hung client is a failure, not a hang.
+pub(crate) fn output_within(child: Child, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            signal(pid, rustix::process::Signal::KILL);
+            panic!("{what}: still running after {PATIENCE:?}");
+        }
+    }
+}
+
+/// Reads exactly `n` bytes of a child's stdout.
+pub(crate) fn read_stdout(child: &mut Child, n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    child.stdout.as_mut().unwrap().read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Reads a pid that a command wrote into `path`, waiting for it to appear.
+pub(crate) fn pid_in(path: &Path) -> u32 {
+    let mut pid = None;
+    wait_until(&format!("a pid in {}", path.display()), || {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap()
 }
