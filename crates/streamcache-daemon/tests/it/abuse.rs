@@ -232,11 +232,15 @@ fn raise_fd_limit(want: u64) {
     let limit = getrlimit(Resource::Nofile);
     let hard = limit.maximum.unwrap_or(u64::MAX);
     let current = limit.current.unwrap_or(u64::MAX);
+    assert!(
+        hard >= want,
+        "this test needs {want} open descriptors; the hard limit is {hard}"
+    );
     if current < want {
         setrlimit(
             Resource::Nofile,
             Rlimit {
-                current: Some(want.min(hard)),
+                current: Some(want),
                 maximum: limit.maximum,
             },
         )
