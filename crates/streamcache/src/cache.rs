@@ -505,6 +505,19 @@ fn produce(
             if let Some(shared) = shared.upgrade() {
                 shared.remove_entry(&key, &entry);
             }
+            // Nobody will open a failed entry by name again: give its space back now
+            // (after a full disk that matters) rather than when the sweep finds it,
+            // and before anyone learns of the failure. Readers that have the file open
+            // keep reading what was written.
+            if let Err(e) = std::fs::remove_file(&entry.pipe.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(
+                        path = %entry.pipe.path.display(),
+                        error = %e,
+                        "streamcache: remove file of failed entry"
+                    );
+                }
+            }
             entry.pipe.outcome.set(Err(err));
             writer.abandon();
         }

@@ -126,25 +126,31 @@ fn a_full_disk_fails_every_reader_and_the_cache_recovers_once_space_returns() {
         assert_eq!(cache.stats().failures, 1);
         drop(readers);
 
-        // The failed entry is never served: the key is made afresh, and with the disk
-        // still full that fails too.
-        let (mut again, created) = cache.find_or_create("big", produce("small")).unwrap();
-        assert!(created, "the failed entry is not served");
-        let (_, result) = drain(&mut again);
-        assert_disk_full(
-            &result.expect_err("the disk is still full"),
-            "second producer",
-        );
-        drop(again);
-
-        // Maintenance removes the stale files; the cache works again.
-        assert!(count_files(&root) >= 1);
-        cache.run_maintenance();
-        assert_eq!(count_files(&root), 0, "maintenance freed the space");
+        // The failed entry's file went with it, so the space is back at once: the key
+        // is made afresh (the failed entry is never served) and now fits.
+        assert_eq!(count_files(&root), 0, "the failed entry's file is removed");
         let (out, created) = fetch_vec(&cache, "big", produce("fits now")).unwrap();
         assert_eq!((out.as_slice(), created), (&b"fits now"[..], true));
         let (out, created) = fetch_vec(&cache, "big", never).unwrap();
         assert_eq!((out.as_slice(), created), (&b"fits now"[..], false));
+
+        // Space taken by others (a full disk at file creation) comes back through
+        // maintenance, which removes every file once max_age (0 here) has passed.
+        let filler = root.join("filler");
+        let fill = std::fs::write(&filler, vec![0u8; 16 << 20]);
+        assert_eq!(
+            fill.expect_err("8 MiB cannot hold 16").kind(),
+            io::ErrorKind::StorageFull
+        );
+        let (mut full, created) = cache.find_or_create("other", produce("x")).unwrap();
+        assert!(created);
+        let (_, result) = drain(&mut full);
+        assert!(result.is_err(), "no space for a new entry: {result:?}");
+        drop(full);
+        cache.run_maintenance();
+        assert_eq!(count_files(&root), 0, "maintenance freed the space");
+        let (out, created) = fetch_vec(&cache, "other", produce("works")).unwrap();
+        assert_eq!((out.as_slice(), created), (&b"works"[..], true));
         drop(cache);
     });
 }
@@ -173,5 +179,17 @@ fn a_write_cut_short_by_a_full_disk_is_never_shown_to_readers() {
             "readers get the complete first write and nothing of the torn second one"
         );
         assert_disk_full(&result.unwrap_err(), "the reader");
+        drop(stream);
+        // The failed entry's file is removed at once, so its space is back without
+        // waiting for maintenance: a 6 MiB entry fits again.
+        assert_eq!(
+            crate::support::count_files(&tmpfs.dir.path().join("cache")),
+            0
+        );
+        let (bytes, created) =
+            crate::support::fetch_vec(&cache, "after", |w| w.write_all(&vec![1u8; 6 << 20]))
+                .unwrap();
+        assert!(created);
+        assert_eq!(bytes.len(), 6 << 20);
     });
 }
