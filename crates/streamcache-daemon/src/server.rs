@@ -370,7 +370,7 @@ fn serve_request(
     };
     let span = tracing::info_span!("request", pid, key = &key[..16]);
     let _enter = span.enter();
-    let (mut entry, created) = match daemon.cache.find_or_create(&key, move |w| job.run(w)) {
+    let (mut entry, lookup) = match daemon.cache.lookup(&key, move |w| job.run(w)) {
         Ok(found) => found,
         Err(e) => {
             daemon.counters.errors.fetch_add(1, Relaxed);
@@ -379,8 +379,13 @@ fn serve_request(
             return;
         }
     };
-    let status = if created { Status::Miss } else { Status::Hit };
-    tracing::debug!(program, %status, "serving");
+    // The wire says hit or miss; a min-occurrences bypass ran its own producer, as a
+    // miss does. The log line keeps the distinction.
+    let status = match lookup {
+        streamcache::Lookup::Hit => Status::Hit,
+        streamcache::Lookup::Miss | streamcache::Lookup::Bypass => Status::Miss,
+    };
+    tracing::debug!(program, ?lookup, "serving");
     let started = Instant::now();
     if let Err(e) = stream.set_read_timeout(None).and_then(|()| {
         stream.write_all(&wire::frame(
@@ -408,7 +413,7 @@ fn serve_request(
     };
     tracing::info!(
         program,
-        %status,
+        ?lookup,
         bytes = entry.position(),
         ms = started.elapsed().as_millis() as u64,
         ok = verdict.is_ok(),
