@@ -385,7 +385,7 @@ fn serve_request(
         streamcache::Lookup::Hit => Status::Hit,
         streamcache::Lookup::Miss | streamcache::Lookup::Bypass => Status::Miss,
     };
-    tracing::debug!(program, ?lookup, "serving");
+    tracing::debug!(program, %status, ?lookup, "serving");
     let started = Instant::now();
     if let Err(e) = stream.set_read_timeout(None).and_then(|()| {
         stream.write_all(&wire::frame(
@@ -413,6 +413,7 @@ fn serve_request(
     };
     tracing::info!(
         program,
+        %status,
         ?lookup,
         bytes = entry.position(),
         ms = started.elapsed().as_millis() as u64,
