@@ -8,6 +8,7 @@ use crate::sys::Fs;
 
 pub(crate) const USAGE: &str = "\
 usage: streamcache-bench <workload>... [options]
+       streamcache-bench report FILE.json...   (side-by-side table of --json files)
 
 workloads (WORKLOADS.md):
   w0        machine limits: page-cache write and read, memory copy (always run first)

@@ -45,6 +45,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if argv.first().map(String::as_str) == Some("report") {
+        return match side_by_side(&argv[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match args::parse(&argv) {
         Ok(o) => o,
         Err(msg) => {
@@ -63,6 +72,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `report FILE...`: the side-by-side table of `--json` files.
+fn side_by_side(files: &[String]) -> io::Result<()> {
+    let mut figures = Vec::new();
+    for file in files {
+        for line in std::fs::read_to_string(file)?.lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            figures.push(serde_json::from_str(line).map_err(io::Error::other)?);
+        }
+    }
+    print!("{}", report::side_by_side(&figures));
+    Ok(())
 }
 
 /// A one-line description of the machine and the time.

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One reported figure (one JSON object per figure with `--json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Figure {
     pub(crate) workload: String,
     /// `tmpfs`, `ext4`, or `-` where the file system plays no part.
@@ -162,6 +162,71 @@ pub(crate) fn table(figures: &[Figure]) -> String {
     out
 }
 
+/// `median [min - max]` of a figure.
+fn spread(f: &Figure) -> String {
+    format!("{} [{} - {}]", num(f.median), num(f.min), num(f.max))
+}
+
+/// A side-by-side table of the figures of several file systems (from `--json` files):
+/// one row per workload, parameters and figure.
+pub(crate) fn side_by_side(figures: &[Figure]) -> String {
+    let mut fss: Vec<String> = Vec::new();
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut cells: BTreeMap<(String, String, String, String), Figure> = BTreeMap::new();
+    for f in figures {
+        if !fss.contains(&f.fs) {
+            fss.push(f.fs.clone());
+        }
+        let key = (
+            f.workload.clone(),
+            params(&f.parameters),
+            f.figure.clone(),
+            f.unit.clone(),
+        );
+        if !rows.contains(&key) {
+            rows.push(key.clone());
+        }
+        cells.insert(
+            (key.0, key.1, key.2, format!("{}|{}", key.3, f.fs)),
+            f.clone(),
+        );
+    }
+    let mut out = String::from("| workload | parameters | figure | unit |");
+    for fs in &fss {
+        let _ = write!(
+            out,
+            " {fs}: median [min - max] | ratio to limit | vs reference |"
+        );
+    }
+    out.push_str(" target |\n|---|---|---|---|");
+    for _ in &fss {
+        out.push_str("--:|--:|--:|");
+    }
+    out.push_str("---|\n");
+    for (w, p, fig, unit) in rows {
+        let _ = write!(out, "| {w} | {p} | {fig} | {unit} |");
+        let mut target = String::new();
+        for fs in &fss {
+            match cells.get(&(w.clone(), p.clone(), fig.clone(), format!("{unit}|{fs}"))) {
+                Some(f) => {
+                    let flag = if f.flagged { " (!)" } else { "" };
+                    let ratio = f.ratio_to_limit.map_or_else(|| "-".into(), pct);
+                    let vs = f
+                        .ratio_to_reference
+                        .map_or_else(|| "-".into(), |r| format!("{r:.2}x"));
+                    let _ = write!(out, " {}{flag} | {ratio} | {vs} |", spread(f));
+                    if let Some(t) = &f.target {
+                        target = t.clone();
+                    }
+                }
+                None => out.push_str(" - | - | - |"),
+            }
+        }
+        let _ = writeln!(out, " {target} |");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +244,39 @@ mod tests {
         assert_eq!(num(12.345), "12.3");
         assert_eq!(num(1.2345), "1.23");
         assert_eq!(num(0.12345), "0.123");
+    }
+
+    fn figure(fs: &str, median: f64) -> Figure {
+        Figure {
+            workload: "w3".into(),
+            fs: fs.into(),
+            figure: "hits".into(),
+            parameters: BTreeMap::new(),
+            median,
+            min: median,
+            max: median,
+            unit: "k ops/s".into(),
+            ratio_to_limit: None,
+            limit: None,
+            limit_value: None,
+            reference: None,
+            ratio_to_reference: None,
+            target: Some(">= 3x reference".into()),
+            values: vec![median],
+            max_foreign_cpu: 0.0,
+            flagged: fs == "ext4",
+        }
+    }
+
+    #[test]
+    fn side_by_side_puts_each_file_system_of_a_figure_in_one_row() {
+        let t = side_by_side(&[figure("tmpfs", 700.0), figure("ext4", 650.0)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].contains("tmpfs: median") && lines[0].contains("ext4: median"));
+        assert!(lines[2].contains("700 [700 - 700]"));
+        assert!(lines[2].contains("650 [650 - 650] (!)"));
+        assert!(lines[2].ends_with(">= 3x reference |"));
     }
 
     #[test]

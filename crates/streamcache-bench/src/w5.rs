@@ -106,6 +106,8 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
                 ("server_plain", plain.server),
                 ("server_hook", hooked.server),
                 ("server_ratio", hooked.server / plain.server),
+                ("daemon_hook", hooked.daemon),
+                ("upload_hook", hooked.server - hooked.daemon),
                 ("client_plain", plain.client),
                 ("client_hook", hooked.client),
                 ("runs_plain", plain.runs as f64),
@@ -132,6 +134,18 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         )?;
         ctx.emit(&m, fig("server CPU, no hook", "server_plain", "CPU-s"))?;
         ctx.emit(&m, fig("server CPU, hook", "server_hook", "CPU-s"))?;
+        ctx.emit(
+            &m,
+            fig("  of it: daemon + its pack-objects", "daemon_hook", "CPU-s"),
+        )?;
+        ctx.emit(
+            &m,
+            fig(
+                "  of it: upload-pack + hook clients",
+                "upload_hook",
+                "CPU-s",
+            ),
+        )?;
         let f = fig("server CPU hook / no hook", "server_ratio", "x");
         ctx.emit(&m, if n > 1 { f.target("<= 0.25") } else { f })?;
         ctx.emit(&m, fig("client CPU, no hook", "client_plain", "CPU-s"))?;
@@ -153,6 +167,8 @@ struct Setup<'a> {
 struct Storm {
     wall: f64,
     server: f64,
+    /// The daemon's share of `server` (zero without the hook).
+    daemon: f64,
     client: f64,
     runs: u64,
 }
@@ -245,6 +261,7 @@ fn storm(s: &Setup<'_>, dir: &Path, n: usize, hook: bool) -> io::Result<Storm> {
     Ok(Storm {
         wall,
         server: wrapped + daemon_cpu,
+        daemon: daemon_cpu,
         client: (c1 - c0 - wrapped).max(0.0),
         runs,
     })
@@ -309,7 +326,7 @@ fn pack_size(repo: &Path) -> io::Result<u64> {
 /// carries the size), so later runs reuse it.
 fn repository(ctx: &mut Ctx) -> io::Result<PathBuf> {
     let mb = ctx.opts.w5_repo_mb;
-    let repo = std::env::temp_dir().join(format!("streamcache-bench-w5-repo-{mb}mb-v1.git"));
+    let repo = std::env::temp_dir().join(format!("streamcache-bench-w5-repo-{mb}mb-v2.git"));
     if repo.join("bench-ready").exists() {
         return Ok(repo);
     }
@@ -348,8 +365,8 @@ fn repository(ctx: &mut Ctx) -> io::Result<PathBuf> {
 }
 
 /// Writes a fast-import stream: 200 commits on `main`, each changing a few lines in 5
-/// of 40 text files (deltas) and adding one incompressible binary blob sized so the
-/// pack reaches about `bytes`; a tag every 25 commits.
+/// of 40 text files (deltas) and rewriting one of 8 binary files with incompressible
+/// bytes sized so the pack reaches about `bytes`; a tag every 25 commits.
 fn history(out: &mut impl Write, bytes: u64) -> io::Result<()> {
     const COMMITS: u64 = 200;
     const FILES: usize = 40;
@@ -422,7 +439,9 @@ fn history(out: &mut impl Write, bytes: u64) -> io::Result<()> {
             bin.extend_from_slice(&next().to_le_bytes());
         }
         bin.truncate(blob);
-        writeln!(out, "M 100644 inline assets/blob-{c:03}.bin")?;
+        // Eight binary paths rewritten in turn: history holds every version, the tip
+        // only eight, so a `--depth 1` clone is much smaller than a full one.
+        writeln!(out, "M 100644 inline assets/blob-{}.bin", c % 8)?;
         data(out, &bin)?;
         if (c + 1) % 25 == 0 {
             writeln!(out, "reset refs/tags/v{}", (c + 1) / 25)?;
