@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use crate::cursor::{Cursor, Subscription};
 use std::sync::atomic::Ordering::SeqCst;
 
-use crate::sync::{lock, AtomicU8, AtomicUsize, Condvar, Mutex};
+use crate::sync::{lock, AtomicBool, AtomicU8, AtomicUsize, Condvar, Mutex};
 use crate::waiter::Waiter;
 use crate::{Error, Op, Result};
 
@@ -60,8 +60,12 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
-/// How long a reader or the writer spins before it parks (see [`Core::spin`]).
-const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long a reader spins for bytes while the writer is inside a write, before it
+/// parks: about two 64 KiB writes to the page cache.
+const READER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+/// How long the writer spins for a *hot* reader (one that got its last bytes by
+/// spinning, so it is copying them right now) before it parks.
+const WRITER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 #[derive(Debug)]
 struct State {
@@ -109,6 +113,12 @@ pub(crate) struct Core {
     read: Cursor,
     /// [`OPEN`], [`CLOSED`] or [`FAILED`]; changed under the lock.
     writer_state: AtomicU8,
+    /// The writer is in or about to start a write: bytes are coming, so a waiting
+    /// reader may spin.
+    writing: AtomicBool,
+    /// A reader got its last bytes by spinning and has not parked since: it is copying
+    /// them now and will advance soon, so a waiting writer may spin.
+    hot_reader: AtomicBool,
     spinning: AtomicUsize,
     readers: Condvar,
     writer: Condvar,
@@ -131,6 +141,8 @@ impl Core {
             written: Cursor::default(),
             read,
             writer_state: AtomicU8::new(OPEN),
+            writing: AtomicBool::new(false),
+            hot_reader: AtomicBool::new(false),
             spinning: AtomicUsize::new(0),
             readers: Condvar::new(),
             writer: Condvar::new(),
@@ -173,10 +185,26 @@ impl Core {
     /// Waits until the writer may start a write (back pressure) and returns the write
     /// position. Fails once every reader has left.
     pub(crate) fn begin_write(&self) -> Result<u64> {
+        // Announced before the wait: a reader that just advanced and finds nothing new
+        // sees a write coming and spins for it instead of parking. (While the writer
+        // waits for back pressure no reader is caught up, so nobody spins in vain.)
+        self.writing.store(true, SeqCst);
+        let granted = self.wait_to_write();
+        if granted.is_err() {
+            self.writing.store(false, SeqCst);
+        }
+        granted
+    }
+
+    fn wait_to_write(&self) -> Result<u64> {
         if let Some(ready) = self.try_begin_write() {
             return ready;
         }
-        if let Some(ready) = self.spin(|| self.try_begin_write()) {
+        if let Some(ready) = self.spin(
+            WRITER_SPIN,
+            || self.hot_reader.load(SeqCst),
+            || self.try_begin_write(),
+        ) {
             return ready;
         }
         let mut st = lock(&self.state);
@@ -209,11 +237,22 @@ impl Core {
         None
     }
 
-    /// Spins for up to [`SPIN`] while `ready` says no, if no other thread of this pipe
-    /// is spinning and the pipe has fewer readers than the machine has cores. With more,
-    /// some reader always has bytes to copy, and a spinner would take its core: at 64
-    /// readers on 2 cores, spinning was a quarter of all CPU time.
-    fn spin<T>(&self, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    /// Spins for up to `limit` while `ready` says no and `worth_it` says yes, if no
+    /// other thread of this pipe is spinning and the pipe has fewer readers than the
+    /// machine has cores. With more, some reader always has bytes to copy, and a spinner
+    /// would take its core: at 64 readers on 2 cores, spinning was a quarter of all CPU
+    /// time. And a reader waiting for a producer that is thinking, not writing (git
+    /// pack-objects counting objects), must not spin at all: it was a fifth of the
+    /// daemon's CPU.
+    fn spin<T>(
+        &self,
+        limit: std::time::Duration,
+        worth_it: impl Fn() -> bool,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        if !worth_it() {
+            return None;
+        }
         if cfg!(loom) || self.written.subscriber_count() >= cores() {
             return None;
         }
@@ -223,7 +262,7 @@ impl Core {
         }
         let start = std::time::Instant::now();
         let mut found = None;
-        'spin: while start.elapsed() < SPIN {
+        'spin: while start.elapsed() < limit && worth_it() {
             for _ in 0..64 {
                 std::hint::spin_loop();
                 if let Some(r) = ready() {
@@ -238,7 +277,9 @@ impl Core {
 
     /// Publishes that the file now holds `position` bytes.
     pub(crate) fn end_write(&self, position: u64) {
-        if !self.written.raise(position, false).parked {
+        let parked = self.written.raise(position, false).parked;
+        self.writing.store(false, SeqCst);
+        if !parked {
             return;
         }
         let mut st = lock(&self.state);
@@ -262,6 +303,7 @@ impl Core {
 
     /// Wakes every waiting reader (the writer's state changed).
     fn wake_all_readers(&self, mut st: crate::sync::MutexGuard<'_, State>) {
+        self.writing.store(false, SeqCst);
         st.unannounced = false;
         st.announced = self.written.position();
         let wakers = std::mem::take(&mut st.wakers);
@@ -335,9 +377,15 @@ impl Core {
         if let Some(readable) = self.try_readable(position) {
             return Some(readable);
         }
-        if let Some(readable) = self.spin(|| self.try_readable(position)) {
+        if let Some(readable) = self.spin(
+            READER_SPIN,
+            || self.writing.load(SeqCst),
+            || self.try_readable(position),
+        ) {
+            self.hot_reader.store(true, SeqCst);
             return Some(readable);
         }
+        self.hot_reader.store(false, SeqCst);
         let mut st = lock(&self.state);
         let mut waited = false;
         loop {
