@@ -563,9 +563,10 @@ fn run_direct(key: &str, producer: Producer, metrics: &Arc<Metrics>) -> Result<S
             tracing::error!(error = %err, "create cache entry");
             job_metrics.add_failures(1);
         }
-        // Publish first: the reader looks at the outcome when it sees end-of-file.
+        // Publish first: the reader looks at the outcome when it sees end-of-file,
+        // which dropping the writer (closing the OS pipe) gives it.
         job_outcome.set(result);
-        writer.finish_direct();
+        drop(writer);
     });
     if let Err(e) = spawned {
         let err = Error::io(Op::Spawn, "<producer thread>", e);

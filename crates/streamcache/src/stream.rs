@@ -173,19 +173,12 @@ impl Stream {
     fn copy_plain(&mut self, dst: BorrowedFd<'_>) -> Result<()> {
         let mut buf = vec![0u8; COPY_BUFFER];
         loop {
-            let n = self.read(&mut buf).map_err(Error::from_read)?;
+            let n = self.read(&mut buf).map_err(Error::from_io)?;
             if n == 0 {
                 return Ok(());
             }
             write_all_fd(dst, &buf[..n])?;
         }
-    }
-}
-
-impl Error {
-    /// Maps an error from [`Stream`]'s `read` back to the crate error.
-    fn from_read(err: io::Error) -> Error {
-        Error::from_io(err)
     }
 }
 
@@ -228,11 +221,11 @@ fn pread_available(reader: &mut PipeReader, buf: &mut [u8], end: u64) -> io::Res
 
 fn read_direct(direct: &mut Direct, outcome: &Waiter, buf: &mut [u8]) -> io::Result<usize> {
     if buf.is_empty() || direct.eof {
-        return finish_direct(direct, outcome, 0);
+        return finish_direct(direct, outcome);
     }
     loop {
         match direct.read_once(buf) {
-            Ok(0) => return finish_direct(direct, outcome, 0),
+            Ok(0) => return finish_direct(direct, outcome),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // Registered with tokio (non-blocking) and read from sync code.
@@ -256,11 +249,11 @@ fn read_direct(direct: &mut Direct, outcome: &Waiter, buf: &mut [u8]) -> io::Res
 
 /// End of a direct stream: end-of-file if the producer succeeded, its error otherwise.
 /// The producer publishes its outcome before it closes the pipe.
-fn finish_direct(direct: &mut Direct, outcome: &Waiter, n: usize) -> io::Result<usize> {
+fn finish_direct(direct: &mut Direct, outcome: &Waiter) -> io::Result<usize> {
     direct.eof = true;
     match outcome.get() {
         Some(Err(e)) => Err(e.into()),
-        _ => Ok(n),
+        _ => Ok(0),
     }
 }
 
@@ -449,7 +442,7 @@ mod nonblocking {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         if buf.is_empty() || direct.eof {
-            return Poll::Ready(finish_direct(direct, outcome, 0));
+            return Poll::Ready(finish_direct(direct, outcome));
         }
         if direct.registered.is_none() {
             let Some(pipe) = direct.pipe.take() else {
@@ -464,7 +457,7 @@ mod nonblocking {
             };
             ready!(rx.poll_read_ready(cx))?;
             match rx.try_read(buf) {
-                Ok(0) => return Poll::Ready(finish_direct(direct, outcome, 0)),
+                Ok(0) => return Poll::Ready(finish_direct(direct, outcome)),
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),

@@ -122,13 +122,6 @@ impl Writer {
             Inner::Direct(_) => None,
         }
     }
-
-    /// Drops the OS pipe so the direct reader sees end-of-file.
-    pub(crate) fn finish_direct(&mut self) {
-        if let Inner::Direct(pipe) = &mut self.inner {
-            drop(pipe.take());
-        }
-    }
 }
 
 impl Write for Writer {
