@@ -22,6 +22,9 @@ pub(crate) enum Limit {
     Copy1,
     /// The same, two threads: the fan-out ceiling.
     Copy2,
+    /// `pread` of a cache-resident 1 MiB region of a file, 64 KiB at a time, two
+    /// threads: what readers of a pipe can do at best, page-cache lookups included.
+    Pread2,
     /// Copy of a 512 MiB buffer (DRAM), one thread.
     Dram1,
     /// The same, two threads.
@@ -37,6 +40,7 @@ impl Limit {
             Limit::Read => "W0 read",
             Limit::Copy1 => "W0 copy 1 MiB x1",
             Limit::Copy2 => "W0 copy 1 MiB x2",
+            Limit::Pread2 => "W0 pread 1 MiB x2",
             Limit::Dram1 => "W0 copy DRAM x1",
             Limit::Dram2 => "W0 copy DRAM x2",
             Limit::OneWrite => "one write",

@@ -73,6 +73,32 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         }
     }
 
+    // Reads of cache-resident file data: what the readers of a pipe do when they follow
+    // the writer closely, page-cache lookups and all.
+    let label = format!("w0 {} pread of a cache-resident 1 MiB", fs.name());
+    let m = ctx.measure(&label, Some(fs), |dir| {
+        let path = dir.join("w0-hot");
+        std::fs::write(&path, &data[..MIB as usize])?;
+        let file = File::open(&path)?;
+        Ok(vec![
+            ("pread1", pread_rate(1, &file, 4 * size)?),
+            ("pread2", pread_rate(2, &file, 4 * size)?),
+        ])
+    })?;
+    for (key, threads, limit) in [("pread1", 1, None), ("pread2", 2, Some(Limit::Pread2))] {
+        let fig = Fig::new(
+            "w0",
+            Some(fs),
+            "pread of a cache-resident 1 MiB file, 64 KiB reads",
+            key,
+            "GB/s",
+        )
+        .param("threads", threads);
+        if let (Some(v), Some(limit)) = (ctx.emit(&m, fig)?, limit) {
+            ctx.set_limit(Some(fs), limit, v);
+        }
+    }
+
     // Memory copies. The buffers are made once and touched before any timing.
     let cache_bytes = 4 * size;
     let dram_bytes = size.max(DRAM as u64);
@@ -155,6 +181,46 @@ fn copy_rate(threads: usize, buf: usize, bytes: u64, data: &[u8]) -> f64 {
         Instant::now()
     });
     (threads as u64 * passes * buf as u64) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// GB/s of `threads` threads each reading `file` (1 MiB, in the page cache) from start to
+/// end with 64 KiB `pread`s, over and over, until `bytes` were read by each.
+fn pread_rate(threads: usize, file: &File, bytes: u64) -> io::Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let passes = (bytes / MIB).max(1);
+    let barrier = Barrier::new(threads + 1);
+    let (t, results) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || -> io::Result<()> {
+                    let mut buf = vec![0u8; CHUNK];
+                    barrier.wait();
+                    for _ in 0..passes {
+                        let mut at = 0;
+                        while at < MIB {
+                            let n = file.read_at(&mut buf, at)?;
+                            if n == 0 {
+                                return Err(io::Error::other("w0 pread: file too short"));
+                            }
+                            at += n as u64;
+                        }
+                        black_box(&mut buf);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t = Instant::now();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        (t, results)
+    });
+    let elapsed = t.elapsed().as_secs_f64();
+    for r in results {
+        r.map_err(|_| io::Error::other("w0 pread thread panicked"))??;
+    }
+    Ok((threads as u64 * passes * MIB) as f64 / elapsed / 1e9)
 }
 
 /// GB/s of `threads` threads copying their share of `src` into `dst` until `bytes` were

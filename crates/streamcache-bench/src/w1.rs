@@ -37,6 +37,15 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
                 .limit(Limit::Copy2)
                 .reference(reference(&format!("w1 aggregate {n}"), fs).filter(|_| def)),
         )?;
+        ctx.emit(
+            &m,
+            fig(
+                "aggregate read N*S/wall vs cached pread",
+                "aggregate",
+                "GB/s",
+            )
+            .limit(Limit::Pread2),
+        )?;
         let mut f = fig("fan-out (N+1)*S/wall", "fanout", "GB/s").limit(Limit::Copy2);
         if n == 16 {
             f = f.target(">= 70% of W0 copy x2");

@@ -103,7 +103,10 @@ struct State {
 /// write wakes **one** parked reader, enough to keep the writer going under back
 /// pressure, and all of them once per [`WAKE_ALL_EVERY`] bytes. The one it woke, when it
 /// has caught up and is about to park again, wakes the rest if any write went
-/// unannounced, so no reader waits long for bytes that are there.
+/// unannounced and the producer is not in a write, so no reader waits long for bytes
+/// that are there while a producer thinks. (Waking them on every such park, with the
+/// producer writing flat out, woke every reader on every write again: 16 readers made
+/// 1.1 context switches each per 64 KiB.)
 #[derive(Debug)]
 pub(crate) struct Core {
     state: Mutex<State>,
@@ -407,9 +410,12 @@ impl Core {
             if waited && timeout.is_some() {
                 return None;
             }
-            if std::mem::take(&mut st.unannounced) {
-                // Caught up after being the one woken: wake the others for what they
-                // were not told about.
+            if st.unannounced && !self.writing.load(SeqCst) {
+                // Caught up after being the one woken, and the producer is not in a
+                // write: wake the others for what they were not told about. While a
+                // write is under way, its end wakes a reader again, and everyone at
+                // least once per WAKE_ALL_EVERY.
+                st.unannounced = false;
                 st.announced = written;
                 self.readers.notify_all();
             }
