@@ -55,7 +55,7 @@ const FAILED: u8 = 2;
 const WAKE_ALL_EVERY: u64 = if cfg!(loom) { 2 } else { 1 << 20 };
 
 /// The number of cores this process may use, read once.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
@@ -145,7 +145,9 @@ impl Core {
             written: Cursor::default(),
             read,
             writer_state: AtomicU8::new(OPEN),
-            writing: AtomicBool::new(false),
+            // A new pipe's producer is about to start: a reader may spin for its first
+            // bytes (once; a producer that thinks first costs one spin per reader).
+            writing: AtomicBool::new(true),
             hot_reader: AtomicBool::new(false),
             reader_spinning: AtomicBool::new(false),
             readers: Condvar::new(),
@@ -178,7 +180,7 @@ impl Core {
         let last = self.written.unsubscribe(subscription);
         // This reader may have been the one woken for writes the others did not hear
         // about; it hands them on before it goes.
-        if std::mem::take(&mut st.unannounced) {
+        if std::mem::take(&mut st.unannounced) && st.parked > 0 {
             self.readers.notify_all();
         }
         if last && st.writer_parked {
@@ -317,8 +319,13 @@ impl Core {
         st.unannounced = false;
         st.announced = self.written.position();
         let wakers = std::mem::take(&mut st.wakers);
+        // Counted under the lock, so nobody can be about to park unseen; a notify with
+        // no one parked is still a system call.
+        let parked = st.parked > 0;
         drop(st);
-        self.readers.notify_all();
+        if parked {
+            self.readers.notify_all();
+        }
         wakers.into_iter().for_each(Waker::wake);
     }
 

@@ -7,7 +7,9 @@ use std::task::Waker;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::sync::{lock, Condvar, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
+
+use crate::sync::{lock, AtomicBool, Condvar, Mutex};
 use crate::Error;
 
 type Outcome = Result<(), Error>;
@@ -16,6 +18,8 @@ type Outcome = Result<(), Error>;
 struct Slot {
     outcome: Option<Outcome>,
     wakers: Vec<Waker>,
+    /// Threads blocked on the condition variable (notifying nobody is a system call).
+    blocked: usize,
 }
 
 /// The producer's result, set once; later sets are ignored.
@@ -23,22 +27,44 @@ struct Slot {
 pub(crate) struct Waiter {
     slot: Mutex<Slot>,
     cv: Condvar,
+    /// The outcome is in the slot (a lock-free look for [`Waiter::wait`]'s spin).
+    is_set: AtomicBool,
 }
+
+/// How long [`Waiter::wait`] looks for the outcome before it sleeps. A reader that saw
+/// the end of a complete entry waits for an outcome the producer stores a moment
+/// after publishing that end; sleeping for it cost a wake-up per small cache miss.
+const SPIN: Duration = Duration::from_micros(20);
 
 impl Waiter {
     /// Stores `outcome` unless one is stored already. Returns whether this call stored it.
     pub(crate) fn set(&self, outcome: Outcome) -> bool {
-        let wakers = {
+        let (wakers, blocked) = {
             let mut slot = lock(&self.slot);
             if slot.outcome.is_some() {
                 return false;
             }
             slot.outcome = Some(outcome);
-            std::mem::take(&mut slot.wakers)
+            self.is_set.store(true, SeqCst);
+            (std::mem::take(&mut slot.wakers), slot.blocked > 0)
         };
-        self.cv.notify_all();
+        if blocked {
+            self.cv.notify_all();
+        }
         wakers.into_iter().for_each(Waker::wake);
         true
+    }
+
+    fn spin(&self) {
+        if cfg!(loom) || crate::pipe::cores() < 2 {
+            return;
+        }
+        let start = Instant::now();
+        while !self.is_set.load(SeqCst) && start.elapsed() < SPIN {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     pub(crate) fn get(&self) -> Option<Outcome> {
@@ -47,12 +73,15 @@ impl Waiter {
 
     /// Blocks until the outcome is set.
     pub(crate) fn wait(&self) -> Outcome {
+        self.spin();
         let mut slot = lock(&self.slot);
         loop {
             if let Some(outcome) = &slot.outcome {
                 return outcome.clone();
             }
+            slot.blocked += 1;
             slot = crate::sync::wait(&self.cv, slot);
+            slot.blocked -= 1;
         }
     }
 
@@ -65,18 +94,22 @@ impl Waiter {
                 return outcome.clone();
             }
             let Some(deadline) = deadline else {
+                slot.blocked += 1;
                 slot = crate::sync::wait(&self.cv, slot);
+                slot.blocked -= 1;
                 continue;
             };
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::TimedOut);
             }
+            slot.blocked += 1;
             slot = self
                 .cv
                 .wait_timeout(slot, deadline - now)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            slot.blocked -= 1;
         }
     }
 
