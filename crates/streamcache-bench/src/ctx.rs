@@ -25,6 +25,12 @@ pub(crate) enum Limit {
     /// `pread` of a cache-resident 1 MiB region of a file, 64 KiB at a time, two
     /// threads: what readers of a pipe can do at best, page-cache lookups included.
     Pread2,
+    /// One writer and one reader on raw file descriptors, handing over every 64 KiB
+    /// write by spinning, strictly taking turns: the rule of back pressure with a free
+    /// hand-off, the ceiling of W1 N = 1.
+    Turns,
+    /// The same without taking turns: the reader only follows (back pressure off).
+    Follow,
     /// Copy of a 512 MiB buffer (DRAM), one thread.
     Dram1,
     /// The same, two threads.
@@ -41,6 +47,8 @@ impl Limit {
             Limit::Copy1 => "W0 copy 1 MiB x1",
             Limit::Copy2 => "W0 copy 1 MiB x2",
             Limit::Pread2 => "W0 pread 1 MiB x2",
+            Limit::Turns => "W0 turns",
+            Limit::Follow => "W0 follow",
             Limit::Dram1 => "W0 copy DRAM x1",
             Limit::Dram2 => "W0 copy DRAM x2",
             Limit::OneWrite => "one write",

@@ -73,6 +73,48 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         }
     }
 
+    // One writer and one reader with nothing between them but two atomics: what W1 N = 1
+    // could do with a hand-off that costs nothing.
+    let s_size = ctx.opts.size;
+    let label = format!(
+        "w0 {} write with a reader behind, {}",
+        fs.name(),
+        show_size(s_size)
+    );
+    let m = ctx.measure(&label, Some(fs), |dir| {
+        Ok(vec![
+            ("alone", write_with_reader(dir, &data, s_size, Turn::Alone)?),
+            (
+                "follow",
+                write_with_reader(dir, &data, s_size, Turn::Follow)?,
+            ),
+            (
+                "turns",
+                write_with_reader(dir, &data, s_size, Turn::Strict)?,
+            ),
+        ])
+    })?;
+    for (key, figure, limit) in [
+        ("alone", "64 KiB writes, no reader", None),
+        (
+            "follow",
+            "64 KiB writes, a reader following (spinning)",
+            Some(Limit::Follow),
+        ),
+        (
+            "turns",
+            "64 KiB writes, a reader taking turns (spinning)",
+            Some(Limit::Turns),
+        ),
+    ] {
+        let fig = Fig::new("w0", Some(fs), figure, key, "GB/s")
+            .param("size", show_size(s_size).as_str())
+            .limit(Limit::Write);
+        if let (Some(v), Some(limit)) = (ctx.emit(&m, fig)?, limit) {
+            ctx.set_limit(Some(fs), limit, v);
+        }
+    }
+
     // Reads of cache-resident file data: what the readers of a pipe do when they follow
     // the writer closely, page-cache lookups and all.
     let label = format!("w0 {} pread of a cache-resident 1 MiB", fs.name());
@@ -181,6 +223,85 @@ fn copy_rate(threads: usize, buf: usize, bytes: u64, data: &[u8]) -> f64 {
         Instant::now()
     });
     (threads as u64 * passes * buf as u64) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Turn {
+    Alone,
+    Follow,
+    Strict,
+}
+
+/// Writer rate in GB/s of `size` bytes written in 64 KiB writes to a new file in `dir`,
+/// with a reader thread `pread`ing behind it into a 64 KiB buffer. The two share only
+/// two atomics and spin: `Follow` lets the writer run free, `Strict` makes it wait until
+/// the reader has read everything before each write (the back-pressure rule).
+fn write_with_reader(dir: &std::path::Path, data: &[u8], size: u64, turn: Turn) -> io::Result<f64> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+    let path = dir.join("w0-turns");
+    let mut file = File::create(&path)?;
+    let reader_file = File::open(&path)?;
+    let written = AtomicU64::new(0);
+    let read = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let result = std::thread::scope(|s| -> io::Result<f64> {
+        let reader = (turn != Turn::Alone).then(|| {
+            s.spawn(|| -> io::Result<()> {
+                let mut buf = vec![0u8; CHUNK];
+                let mut at = 0u64;
+                while at < size {
+                    let w = written.load(Acquire);
+                    if w <= at {
+                        if failed.load(Acquire) {
+                            return Ok(());
+                        }
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    let want = ((w - at) as usize).min(CHUNK);
+                    let n = reader_file.read_at(&mut buf[..want], at)?;
+                    if n == 0 {
+                        return Err(io::Error::other("w0 turns: file too short"));
+                    }
+                    at += n as u64;
+                    read.store(at, Release);
+                }
+                black_box(&mut buf);
+                Ok(())
+            })
+        });
+        let t = Instant::now();
+        let mut at = 0u64;
+        let wrote = (|| -> io::Result<()> {
+            while at < size {
+                if turn == Turn::Strict {
+                    while read.load(Acquire) < at {
+                        std::hint::spin_loop();
+                    }
+                }
+                let off = (at % MIB) as usize;
+                let n = CHUNK.min((size - at) as usize);
+                file.write_all(&data[off..off + n])?;
+                at += n as u64;
+                written.store(at, Release);
+            }
+            Ok(())
+        })();
+        let elapsed = t.elapsed().as_secs_f64();
+        if wrote.is_err() {
+            failed.store(true, Release);
+        }
+        if let Some(reader) = reader {
+            reader
+                .join()
+                .map_err(|_| io::Error::other("w0 turns: reader panicked"))??;
+        }
+        wrote?;
+        Ok(size as f64 / elapsed / 1e9)
+    });
+    std::fs::remove_file(&path)?;
+    result
 }
 
 /// GB/s of `threads` threads each reading `file` (1 MiB, in the page cache) from start to

@@ -60,6 +60,13 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
             f = f.target(">= 85% of W0 write");
         }
         ctx.emit(&m, f)?;
+        if n == 1 {
+            ctx.emit(
+                &m,
+                fig("writer vs raw turns with a free hand-off", "writer", "GB/s")
+                    .limit(Limit::Turns),
+            )?;
+        }
     }
 
     // Back pressure off, one reader.
@@ -84,6 +91,15 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         fig("writer S/producer time", "writer", "GB/s")
             .limit(Limit::Write)
             .target(">= 95% of W0 write"),
+    )?;
+    ctx.emit(
+        &m,
+        fig(
+            "writer vs raw follow with a free hand-off",
+            "writer",
+            "GB/s",
+        )
+        .limit(Limit::Follow),
     )?;
     Ok(())
 }
