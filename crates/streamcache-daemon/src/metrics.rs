@@ -49,7 +49,7 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
         m("streamcache_evicted_total", "counter", "Entries removed from the index by age.", s.evicted),
         m("streamcache_generated_bytes_total", "counter", "Bytes written by producers (framed output).", s.generated_bytes),
         m("streamcache_served_bytes_total", "counter", "Bytes delivered to clients from entries.", s.served_bytes),
-        m("streamcache_sendfile_bytes_total", "counter", "Bytes delivered with sendfile(2).", s.sendfile_bytes),
+        m("streamcache_sendfile_bytes_total", "counter", "Bytes delivered without a copy through user space (sendfile(2) or splice(2)).", s.sendfile_bytes),
         m("streamcache_disk_usage_bytes", "gauge", "Bytes in the cache directory at the last sweep.", s.disk_usage_bytes),
         m("streamcache_swept_files_total", "counter", "Files removed by the directory sweep.", s.swept_files),
         m("streamcache_connections_total", "counter", "Connections accepted.", c.connections.load(Relaxed)),

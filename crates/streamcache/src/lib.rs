@@ -18,7 +18,7 @@
 //!          |
 //!         miss --> new file <root>/<xx>/<id>-<n>, producer thread starts
 //!
-//!   producer --write--> [ entry file ] --pread/sendfile--> reader 1 .. reader N
+//!   producer --write--> [ entry file ] --pread/sendfile/splice--> reader 1 .. N
 //!       ^                                                      |
 //!       +------ waits while it is ahead of the fastest reader -+
 //! ```
@@ -95,7 +95,7 @@
 //! Threads are the native mode: producers run on threads of their own (a pool whose idle threads exit after 5 s) and [`Stream`]
 //! implements [`std::io::Read`]. With the `tokio` feature, `Stream` also implements
 //! `tokio::io::AsyncRead` and has [`Stream::wait_async`]. [`Stream::send_to`] copies into
-//! a socket, pipe or file with `sendfile(2)`.
+//! a socket, pipe or file with `sendfile(2)` and `splice(2)`, never through user space.
 //!
 //! # Features
 //!

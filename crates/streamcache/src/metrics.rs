@@ -88,7 +88,10 @@ pub struct Stats {
     pub generated_bytes: u64,
     /// Bytes delivered to readers (counted when a stream is dropped).
     pub served_bytes: u64,
-    /// Bytes delivered with `sendfile(2)`.
+    /// Bytes delivered without a copy through user space: [`Stream::send_to`]'s
+    /// `sendfile(2)` and `splice(2)`.
+    ///
+    /// [`Stream::send_to`]: crate::Stream::send_to
     pub sendfile_bytes: u64,
     /// Bytes in the cache directory at the last sweep (gauge).
     pub disk_usage_bytes: u64,

@@ -233,3 +233,64 @@ fn send_to_leaves_when_its_destination_hangs_up_during_a_quiet_producer() {
         assert_eq!(second.kind(), io::ErrorKind::BrokenPipe, "{second}");
     });
 }
+
+/// Entries closer than 1 MiB to their end go through `send_to`'s own pipe (splice) rather
+/// than straight `sendfile`: check that path on a complete small entry, into a socket
+/// (zero copy) and into a file opened to append (which takes no splice: plain copy).
+#[test]
+fn send_to_splices_a_small_entry_and_falls_back_to_copying_for_an_append_only_file() {
+    with_and_without_backpressure(|backpressure| {
+        let c = TempCache::new(backpressure);
+        let content = random_bytes(100 << 10);
+        let mut first = entry(&c, &content);
+        let mut all = Vec::new();
+        first.read_to_end(&mut all).unwrap();
+        first.wait().unwrap();
+        assert_eq!(all, content);
+
+        // Into a socket: every byte spliced.
+        let before = c.cache.stats().sendfile_bytes;
+        let (mut hit, created) = c
+            .cache
+            .find_or_create("blob", |_| unreachable!("the entry is complete"))
+            .unwrap();
+        assert!(!created, "a hit");
+        let (tx, mut rx) = UnixStream::pair().unwrap();
+        let drainer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).unwrap();
+            got
+        });
+        assert_eq!(hit.send_to(&tx).unwrap(), content.len() as u64);
+        drop(tx);
+        assert_eq!(drainer.join().unwrap(), content);
+        assert_eq!(
+            c.cache.stats().sendfile_bytes - before,
+            content.len() as u64,
+            "the socket got every byte without a user-space copy"
+        );
+
+        // Into a file opened to append: splice refuses, the bytes are copied plainly.
+        let before = c.cache.stats().sendfile_bytes;
+        let (mut hit, _) = c
+            .cache
+            .find_or_create("blob", |_| unreachable!("the entry is complete"))
+            .unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let out_path = out_dir.path().join("appended");
+        fs::write(&out_path, b"header:").unwrap();
+        let out = OpenOptions::new().append(true).open(&out_path).unwrap();
+        assert_eq!(hit.send_to(&out).unwrap(), content.len() as u64);
+        drop(out);
+        let got = fs::read(&out_path).unwrap();
+        assert!(
+            got[..7] == *b"header:" && got[7..] == content,
+            "bytes appended intact"
+        );
+        assert_eq!(
+            c.cache.stats().sendfile_bytes,
+            before,
+            "nothing was spliced"
+        );
+    });
+}
