@@ -57,12 +57,6 @@ const FAILED: u8 = 2;
 /// by about 15%.
 const WAKE_ALL_EVERY: u64 = if cfg!(loom) { 2 } else { 256 << 10 };
 
-/// The number of cores this process may use, read once.
-pub(crate) fn cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
-}
-
 /// How long a reader spins for bytes while the writer is inside a write, before it
 /// parks: about two 64 KiB writes to the page cache.
 const READER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
@@ -262,28 +256,15 @@ impl Core {
         limit: std::time::Duration,
         slot: Option<&AtomicBool>,
         worth_it: impl Fn() -> bool,
-        mut ready: impl FnMut() -> Option<T>,
+        ready: impl FnMut() -> Option<T>,
     ) -> Option<T> {
-        if !worth_it() {
-            return None;
-        }
-        if cfg!(loom) || self.written.subscriber_count() >= cores() {
+        if !worth_it() || self.written.subscriber_count() >= crate::sync::cores() {
             return None;
         }
         if slot.is_some_and(|taken| taken.swap(true, SeqCst)) {
             return None;
         }
-        let start = std::time::Instant::now();
-        let mut found = None;
-        'spin: while start.elapsed() < limit && worth_it() {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-                if let Some(r) = ready() {
-                    found = Some(r);
-                    break 'spin;
-                }
-            }
-        }
+        let found = crate::sync::spin(limit, worth_it, ready);
         if let Some(taken) = slot {
             taken.store(false, SeqCst);
         }

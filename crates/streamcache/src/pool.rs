@@ -99,21 +99,19 @@ fn work(pool: &'static Pool, id: u64, first: Job) {
 const SPIN: Duration = Duration::from_micros(50);
 
 fn spin_for_job(jobs: &mpsc::Receiver<Job>) -> Option<Job> {
-    if cfg!(loom) || crate::pipe::cores() < 2 {
-        return None;
-    }
-    let start = std::time::Instant::now();
-    while start.elapsed() < SPIN {
-        for _ in 0..64 {
-            std::hint::spin_loop();
-        }
-        match jobs.try_recv() {
-            Ok(job) => return Some(job),
-            Err(mpsc::TryRecvError::Empty) => {}
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-        }
-    }
-    None
+    let open = std::cell::Cell::new(true);
+    crate::sync::spin(
+        SPIN,
+        || open.get(),
+        || match jobs.try_recv() {
+            Ok(job) => Some(job),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                open.set(false);
+                None
+            }
+        },
+    )
 }
 
 #[cfg(all(test, not(loom)))]

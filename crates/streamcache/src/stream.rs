@@ -199,18 +199,21 @@ fn read_entry(reader: &mut PipeReader, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// The file held fewer bytes than the writer had published: someone truncated it.
+fn file_too_short(reader: &PipeReader) -> Error {
+    let err = io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "entry file is shorter than what was written to it",
+    );
+    Error::io(Op::Read, &reader.pipe.path, err)
+}
+
 /// Reads bytes in `[position, end)` into `buf` and moves the position.
 fn pread_available(reader: &mut PipeReader, buf: &mut [u8], end: u64) -> io::Result<usize> {
     let want = usize::try_from(end - reader.position).map_or(buf.len(), |a| a.min(buf.len()));
     loop {
         match reader.file.read_at(&mut buf[..want], reader.position) {
-            Ok(0) => {
-                let err = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "entry file is shorter than what was written to it",
-                );
-                return Err(Error::io(Op::Read, &reader.pipe.path, err).into());
-            }
+            Ok(0) => return Err(file_too_short(reader).into()),
             Ok(n) => {
                 reader.position += n as u64;
                 return Ok(n);
@@ -322,13 +325,7 @@ fn stage_step(
             want,
             rustix::pipe::SpliceFlags::MOVE,
         ) {
-            Ok(0) => {
-                let err = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "entry file is shorter than what was written to it",
-                );
-                return Err(Error::io(Op::Read, &reader.pipe.path, err));
-            }
+            Ok(0) => return Err(file_too_short(reader)),
             Ok(n) => break n,
             Err(rustix::io::Errno::INTR) => {}
             Err(_) => return Ok(Staged::Unsupported),
@@ -427,13 +424,7 @@ fn send_entry(
             usize::try_from((end - reader.position).min(SENDFILE_CHUNK)).unwrap_or(usize::MAX);
         let mut offset = reader.position;
         match rustix::fs::sendfile(dst, reader.file.as_fd(), Some(&mut offset), count) {
-            Ok(0) => {
-                let err = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "entry file is shorter than what was written to it",
-                );
-                return Err(Error::io(Op::Read, &reader.pipe.path, err));
-            }
+            Ok(0) => return Err(file_too_short(reader)),
             Ok(n) => {
                 progressed = true;
                 reader.position += n as u64;

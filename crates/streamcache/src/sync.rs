@@ -42,3 +42,33 @@ pub(crate) fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<
     cv.wait(guard)
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The number of cores this process may use, read once.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Looks for `ready` to say yes for up to `limit`, while `keep_going` says so, instead of
+/// sleeping at once: a sleep and wake-up costs tens of microseconds here (on a virtual
+/// machine, halting and waking a virtual CPU), more than many waits last. Never spins on
+/// one core (the awaited thread needs it) nor under loom (time does not exist there).
+pub(crate) fn spin<T>(
+    limit: std::time::Duration,
+    keep_going: impl Fn() -> bool,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    if cfg!(loom) || cores() < 2 {
+        return None;
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit && keep_going() {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+            if let Some(r) = ready() {
+                return Some(r);
+            }
+        }
+    }
+    None
+}

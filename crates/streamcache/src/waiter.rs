@@ -56,15 +56,7 @@ impl Waiter {
     }
 
     fn spin(&self) {
-        if cfg!(loom) || crate::pipe::cores() < 2 {
-            return;
-        }
-        let start = Instant::now();
-        while !self.is_set.load(SeqCst) && start.elapsed() < SPIN {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-        }
+        crate::sync::spin(SPIN, || true, || self.is_set.load(SeqCst).then_some(()));
     }
 
     pub(crate) fn get(&self) -> Option<Outcome> {
