@@ -402,17 +402,19 @@ mod tests {
         assert_eq!(exit, Some(ExitStatus::Code(0)));
     }
 
+    /// A destination whose reader has gone: every write fails with `BrokenPipe`.
+    struct Gone;
+    impl Write for Gone {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn a_failing_writer_kills_the_child_and_returns_the_write_error() {
-        struct Gone;
-        impl Write for Gone {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::ErrorKind::BrokenPipe.into())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let j = job("echo first; exec sleep 600", b"");
         let children = Arc::clone(&j.children);
         let err = j.run(&mut Gone).unwrap_err();
@@ -464,15 +466,6 @@ mod tests {
             ),
             b"",
         );
-        struct Gone;
-        impl Write for Gone {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::ErrorKind::BrokenPipe.into())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let err = j.run(&mut Gone).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
         let pid = std::fs::read_to_string(&pid_file).unwrap();

@@ -243,14 +243,16 @@ impl Core {
 
     /// Spins for up to `limit` while `ready` says no and `worth_it` says yes, if the
     /// pipe has fewer readers than the machine has cores and `slot` (if any) is free.
-    /// Readers share one slot, so at most one of them spins; the writer takes none and
-    /// may spin beside that reader. (With one slot for all, a reader coming back for more
-    /// found the writer still leaving its spin, parked, and from then on both sides
-    /// parked on every write: 0.9 context switches per 64 KiB and a third of the rate.) With more, some reader always has bytes to copy, and a spinner
-    /// would take its core: at 64 readers on 2 cores, spinning was a quarter of all CPU
-    /// time. And a reader waiting for a producer that is thinking, not writing (git
-    /// pack-objects counting objects), must not spin at all: it was a fifth of the
-    /// daemon's CPU.
+    ///
+    /// With as many readers as cores, some reader always has bytes to copy, and a
+    /// spinner would take its core: at 64 readers on 2 cores, spinning was a quarter of
+    /// all CPU time. Readers share one slot, so at most one of them spins; the writer
+    /// takes none and may spin beside that reader. (With one slot for all, a reader
+    /// coming back for more found the writer still leaving its spin, parked, and from
+    /// then on both sides parked on every write: 0.9 context switches per 64 KiB and a
+    /// third of the rate.) And a reader waiting for a producer that is thinking, not
+    /// writing (git pack-objects counting objects), must not spin at all: it was a
+    /// fifth of the daemon's CPU.
     fn spin<T>(
         &self,
         limit: std::time::Duration,

@@ -277,7 +277,8 @@ const STAGE_CAPACITY: usize = 256 << 10;
 /// and the writer writes the next piece while the reader writes this one out. Splicing
 /// into a pipe of our own is that `read` without the copy: the pipe takes references to
 /// the page-cache pages, the reader reports its position, and then splices the pipe into
-/// the destination. At one reader this made `send_to` 1.8 times faster than `sendfile`.
+/// the destination. At one reader (W1 zero copy) this took `send_to` from 1.16-1.28
+/// times the wall time of read+write with plain `sendfile` to 0.70-0.83 times.
 struct Stage {
     rx: std::os::fd::OwnedFd,
     tx: std::os::fd::OwnedFd,

@@ -5,6 +5,7 @@
 
 use proptest::prelude::*;
 
+use super::tests::Seen;
 use super::*;
 
 /// Bytes with no NUL (what `exec` can pass as an argument or value).
@@ -133,15 +134,6 @@ fn reply() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-#[derive(Debug, Default, PartialEq)]
-struct Seen {
-    status: Option<Status>,
-    out: Vec<u8>,
-    err: Vec<u8>,
-    exit: Option<ExitStatus>,
-    verdict: Option<Result<(), String>>,
-}
-
 /// Feeds `bytes` to a fresh demultiplexer in pieces of the given sizes (cycled).
 /// Returns what it saw, whether it finished, and the first error.
 fn demux(bytes: &[u8], sizes: &[usize]) -> (Seen, bool, Option<WireError>) {
@@ -157,16 +149,7 @@ fn demux(bytes: &[u8], sizes: &[usize]) -> (Seen, bool, Option<WireError>) {
             .clamp(1, rest.len());
         let (piece, tail) = rest.split_at(n);
         rest = tail;
-        let fed = d.feed(piece, |ev| {
-            match ev {
-                Event::Response(s, _) => seen.status = Some(s),
-                Event::Stdout(b) => seen.out.extend_from_slice(b),
-                Event::Stderr(b) => seen.err.extend_from_slice(b),
-                Event::Exit(e) => seen.exit = Some(e),
-                Event::Trailer(v) => seen.verdict = Some(v),
-            }
-            Ok(())
-        });
+        let fed = d.feed(piece, |ev| seen.record(ev));
         if let Err(e) = fed {
             assert!(!e.to_string().is_empty());
             return (seen, d.is_finished(), Some(e));

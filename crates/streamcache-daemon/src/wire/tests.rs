@@ -157,8 +157,9 @@ fn reply() -> Vec<u8> {
     out
 }
 
+/// Everything a demultiplexer reported, event by event (shared with `props`).
 #[derive(Debug, Default, PartialEq)]
-struct Seen {
+pub(super) struct Seen {
     status: Option<Status>,
     out: Vec<u8>,
     err: Vec<u8>,
@@ -166,20 +167,25 @@ struct Seen {
     verdict: Option<Result<(), String>>,
 }
 
+impl Seen {
+    /// Records one event; usable as the body of a [`Demux::feed`] callback.
+    pub(super) fn record(&mut self, ev: Event<'_>) -> io::Result<()> {
+        match ev {
+            Event::Response(s, _) => self.status = Some(s),
+            Event::Stdout(b) => self.out.extend_from_slice(b),
+            Event::Stderr(b) => self.err.extend_from_slice(b),
+            Event::Exit(e) => self.exit = Some(e),
+            Event::Trailer(v) => self.verdict = Some(v),
+        }
+        Ok(())
+    }
+}
+
 fn demux_in_chunks(bytes: &[u8], chunk: usize) -> Result<Seen, WireError> {
     let mut seen = Seen::default();
     let mut d = Demux::new();
     for piece in bytes.chunks(chunk.max(1)) {
-        d.feed(piece, |ev| {
-            match ev {
-                Event::Response(s, _) => seen.status = Some(s),
-                Event::Stdout(b) => seen.out.extend_from_slice(b),
-                Event::Stderr(b) => seen.err.extend_from_slice(b),
-                Event::Exit(e) => seen.exit = Some(e),
-                Event::Trailer(v) => seen.verdict = Some(v),
-            }
-            Ok(())
-        })?;
+        d.feed(piece, |ev| seen.record(ev))?;
     }
     assert!(d.is_finished());
     Ok(seen)
@@ -295,17 +301,7 @@ fn skipping_spliced_stdout_bytes_keeps_the_demultiplexer_in_step() {
             }
             Next::Header(n) | Next::Payload { remaining: n, .. } => {
                 let n = n.min(rest.len());
-                d.feed(&rest[..n], |ev| {
-                    match ev {
-                        Event::Response(s, _) => seen.status = Some(s),
-                        Event::Stdout(b) => seen.out.extend_from_slice(b),
-                        Event::Stderr(b) => seen.err.extend_from_slice(b),
-                        Event::Exit(e) => seen.exit = Some(e),
-                        Event::Trailer(v) => seen.verdict = Some(v),
-                    }
-                    Ok(())
-                })
-                .unwrap();
+                d.feed(&rest[..n], |ev| seen.record(ev)).unwrap();
                 rest = &rest[n..];
             }
         }

@@ -623,15 +623,24 @@ pub(crate) fn fds_besides_entries(pid: u32, entries: &Path) -> Vec<PathBuf> {
 /// Waits until the descriptors of `pid` besides those on entry files are `before`
 /// again; on a timeout the failure shows both lists.
 pub(crate) fn wait_for_fds(pid: u32, entries: &Path, before: &[PathBuf]) {
+    wait_for_list("descriptors", before, || fds_besides_entries(pid, entries));
+}
+
+/// Polls `now` until it equals `expected`; on giving up, the failure shows both lists.
+fn wait_for_list<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    expected: &[T],
+    mut now: impl FnMut() -> Vec<T>,
+) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let now = fds_besides_entries(pid, entries);
-        if now == before {
+        let now = now();
+        if now == expected {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the daemon's descriptors did not return to {before:?}: now {now:?}"
+            "the daemon's {what} did not return to {expected:?}: now {now:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -669,18 +678,7 @@ fn thread_names(pid: u32) -> Vec<String> {
 /// is left, and producer threads, which exit after 5 s idle, have gone. On a timeout
 /// the failure shows both lists.
 pub(crate) fn wait_for_threads(pid: u32, baseline: &[String]) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let now = thread_names(pid);
-        if now == baseline {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon's threads did not return to {baseline:?}: now {now:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_list("threads", baseline, || thread_names(pid));
 }
 
 /// Descriptors of `pid` on entry files under `entries`.
