@@ -374,8 +374,13 @@ fn serve_request(
         Ok(found) => found,
         Err(e) => {
             daemon.counters.errors.fetch_add(1, Relaxed);
-            tracing::error!(error = %e, "cache lookup failed; the client runs the command itself");
-            respond(&mut stream, Status::Error, &format!("cache: {e}"));
+            // The library's errors say what failed; their source says why.
+            let e = anyhow::Error::new(e);
+            tracing::error!(
+                error = format!("{e:#}"),
+                "cache lookup failed; the client runs the command itself"
+            );
+            respond(&mut stream, Status::Error, &format!("cache: {e:#}"));
             return;
         }
     };
@@ -408,7 +413,7 @@ fn serve_request(
             tracing::debug!(error = %e, bytes = entry.position(), "client left during the stream");
             return;
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(format!("{:#}", anyhow::Error::new(e))),
         Ok(()) => Ok(()),
     };
     tracing::info!(

@@ -1,20 +1,39 @@
-//! The cache: an index of entries, find-or-create, producers, eviction.
+//! The cache: the index of entries, find-or-create, eviction and maintenance.
+//!
+//! A key's path: [`Cache::lookup`] asks admission (the min-occurrences rule), then the
+//! index. A hit opens a reader on the entry (outside the index lock: opening a file may
+//! take time, and nothing slow happens under that lock). A miss creates an entry file
+//! in the file store, makes a pipe, opens the first reader, and inserts the entry; if
+//! another caller inserted one for the key meanwhile, the new file is removed and that
+//! entry is read instead, so one key has one producer. The producer then runs on a
+//! pool thread ([`crate::runner`]).
+//!
+//! Lock order: the index lock is taken alone (never while opening a file or holding
+//! another lock of the crate), then the kept-handles lock inside it where both are
+//! needed; an entry's and a pipe's locks are never taken under the index lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::admission::Admission;
+use crate::config::Config;
+use crate::direct;
+use crate::entry::Entry;
+use crate::error::{Chain, Error, Op, Result};
+#[cfg(test)]
+use crate::filestore::EntryFile;
 use crate::filestore::FileStore;
 use crate::janitor::{self, Janitor};
 use crate::metrics::{Metrics, Stats};
-use crate::pipe::Pipe;
+use crate::pipe;
+use crate::runner::{self, Producer};
+use crate::stream::Stream;
 use crate::sync::{lock, Mutex};
-use crate::waiter::Waiter;
-use crate::{Config, Error, Op, Result, Stream, Writer};
+use crate::writer::Writer;
 
 /// A cache of byte streams, each made once by a producer and read by any number of
 /// readers while it is being made and after.
@@ -49,7 +68,8 @@ enum Flavor {
     Disabled(Arc<Metrics>),
 }
 
-type CreateHook = Box<dyn Fn(&FileStore) -> Result<(File, PathBuf)> + Send + Sync>;
+#[cfg(test)]
+type CreateHook = Box<dyn Fn(&FileStore) -> Result<(File, EntryFile)> + Send + Sync>;
 #[cfg(test)]
 type RemoveHook = Box<dyn Fn(&Entry) + Send + Sync>;
 
@@ -61,7 +81,8 @@ struct Shared {
     admission: Option<Admission>,
     janitor: Mutex<Option<Janitor>>,
     kept: Arc<KeptFiles>,
-    /// Replaces file creation in tests of failure paths.
+    /// Test hook: replaces file creation in tests of failure paths.
+    #[cfg(test)]
     create_hook: Option<CreateHook>,
     /// Test hook: every new entry's writer fails its close with this error kind.
     #[cfg(test)]
@@ -112,16 +133,10 @@ impl KeptFiles {
     }
 
     fn release(&self, entry: &Entry) {
-        if let Some(file) = entry.pipe.shared_file() {
+        if let Some(file) = entry.shared_file() {
             lock(&self.files).retain(|kept| !Arc::ptr_eq(kept, &file));
         }
     }
-}
-
-#[derive(Debug)]
-struct Entry {
-    pipe: Arc<Pipe>,
-    created: Instant,
 }
 
 /// What a lookup did, from [`Cache::lookup`].
@@ -136,9 +151,6 @@ pub enum Lookup {
     Bypass,
 }
 
-/// How a producer is called.
-pub(crate) type Producer = Box<dyn FnOnce(&mut Writer) -> io::Result<()> + Send + 'static>;
-
 impl Cache {
     /// Creates a cache with `config`. No I/O happens here: the directory is created with
     /// the first entry. Starts the maintenance thread, which evicts entries older than
@@ -150,10 +162,14 @@ impl Cache {
     /// [`Error::Config`] if the configuration is invalid; [`Error::Io`] if the thread
     /// cannot be started.
     pub fn new(config: Config) -> Result<Cache> {
-        Cache::build(config, None)
+        Cache::build(
+            config,
+            #[cfg(test)]
+            None,
+        )
     }
 
-    fn build(config: Config, create_hook: Option<CreateHook>) -> Result<Cache> {
+    fn build(config: Config, #[cfg(test)] create_hook: Option<CreateHook>) -> Result<Cache> {
         config.validate()?;
         let admission = (config.min_occurrences > 0)
             .then(|| Admission::new(config.min_occurrences, config.max_age));
@@ -165,6 +181,7 @@ impl Cache {
             admission,
             janitor: Mutex::new(None),
             kept: Arc::new(KeptFiles::new()),
+            #[cfg(test)]
             create_hook,
             #[cfg(test)]
             close_fault: std::sync::OnceLock::new(),
@@ -246,7 +263,7 @@ impl Cache {
             Flavor::Disabled(metrics) => {
                 metrics.add_bypassed(1);
                 Ok((
-                    run_direct(key, Box::new(producer), metrics)?,
+                    direct::start(key, Box::new(producer), metrics)?,
                     Lookup::Bypass,
                 ))
             }
@@ -339,61 +356,76 @@ impl Shared {
         if let Some(admission) = &self.admission {
             if !admission.admit(key, Instant::now()) {
                 self.metrics.add_bypassed(1);
-                return Ok((run_direct(key, producer, &self.metrics)?, Lookup::Bypass));
+                return Ok((direct::start(key, producer, &self.metrics)?, Lookup::Bypass));
             }
         }
-        let mut index = lock(&self.index);
-        if let Some(entry) = index.get(key) {
-            match entry.pipe.open_reader() {
-                Ok(reader) => {
-                    drop(index);
-                    self.metrics.add_hits(1);
-                    return Ok((
-                        Stream::entry(reader, Arc::clone(&self.metrics)),
-                        Lookup::Hit,
-                    ));
-                }
-                Err(err) => {
-                    tracing::debug!(key, error = %err, "streamcache: entry unusable, replacing it");
-                    if let Some(stale) = index.remove(key) {
-                        self.kept.release(&stale);
+        loop {
+            let found = lock(&self.index).get(key).map(Arc::clone);
+            if let Some(entry) = found {
+                match entry.open_reader() {
+                    Ok((rx, opened)) => {
+                        if let Some(file) = opened {
+                            self.kept.keep(&file);
+                        }
+                        self.metrics.add_hits(1);
+                        let stream =
+                            Stream::entry(rx, Arc::clone(entry.path()), Arc::clone(&self.metrics));
+                        return Ok((stream, Lookup::Hit));
+                    }
+                    Err(err) => {
+                        tracing::debug!(key, error = %Chain(&err), "streamcache: entry unusable, replacing it");
+                        self.forget(key, &entry);
                     }
                 }
             }
+            // A miss: everything that touches the disk happens before the index lock.
+            let (file, entry_file) = self.create_file()?;
+            let (sender, tap) = pipe::channel(self.config.backpressure);
+            let entry = Arc::new(Entry::new(entry_file, tap));
+            let (rx, opened) = match entry.open_reader() {
+                Ok(opened) => opened,
+                Err(err) => {
+                    entry.remove_file();
+                    return Err(err);
+                }
+            };
+            {
+                let mut index = lock(&self.index);
+                if index.contains_key(key) {
+                    // Another caller made this key's entry meanwhile: read theirs.
+                    drop(index);
+                    drop(rx);
+                    entry.remove_file();
+                    continue;
+                }
+                index.insert(key.to_owned(), Arc::clone(&entry));
+                self.metrics.set_index_entries(index.len());
+            }
+            if let Some(file) = opened {
+                self.kept.keep(&file);
+            }
+            self.metrics.add_misses(1);
+            let stream = Stream::entry(rx, Arc::clone(entry.path()), Arc::clone(&self.metrics));
+            #[cfg_attr(not(test), allow(unused_mut))]
+            let mut writer = Writer::entry(sender, file, Arc::clone(entry.path()));
+            #[cfg(test)]
+            if let Some(kind) = self.close_fault.get() {
+                writer.inject_close_fault(*kind);
+            }
+            self.start_producer(key, entry, writer, producer);
+            return Ok((stream, Lookup::Miss));
         }
-        let (file, path) = match &self.create_hook {
-            Some(hook) => hook(&self.store)?,
-            None => self.store.create()?,
-        };
-        let store = Arc::clone(&self.store);
-        let kept = Arc::clone(&self.kept);
-        let pipe = Arc::new(
-            Pipe::new(path, self.config.backpressure, move |p| {
-                store.open_reader(p)
-            })
-            .with_on_open(move |file| kept.keep(file)),
-        );
-        let reader = pipe.open_reader()?;
-        let entry = Arc::new(Entry {
-            pipe: Arc::clone(&pipe),
-            created: Instant::now(),
-        });
-        index.insert(key.to_owned(), Arc::clone(&entry));
-        self.metrics.set_index_entries(index.len());
-        drop(index);
-        self.metrics.add_misses(1);
-        let stream = Stream::entry(reader, Arc::clone(&self.metrics));
-        #[cfg_attr(not(test), allow(unused_mut))]
-        let mut writer = Writer::entry(Arc::clone(&pipe), file);
-        #[cfg(test)]
-        if let Some(kind) = self.close_fault.get() {
-            writer.inject_close_fault(*kind);
-        }
-        self.spawn_producer(key, entry, writer, producer);
-        Ok((stream, Lookup::Miss))
     }
 
-    fn spawn_producer(
+    fn create_file(&self) -> Result<(File, crate::filestore::EntryFile)> {
+        #[cfg(test)]
+        if let Some(hook) = &self.create_hook {
+            return hook(&self.store);
+        }
+        self.store.create()
+    }
+
+    fn start_producer(
         self: &Arc<Self>,
         key: &str,
         entry: Arc<Entry>,
@@ -401,25 +433,30 @@ impl Shared {
         producer: Producer,
     ) {
         let weak = Arc::downgrade(self);
-        let job_key = key.to_owned();
-        let job_entry = Arc::clone(&entry);
-        let metrics = Arc::clone(&self.metrics);
-        let spawned =
-            crate::pool::run(move || produce(job_key, job_entry, writer, producer, weak, metrics));
-        if let Err(e) = spawned {
-            // The producer closure went down with the failed spawn; fail the entry as if
-            // it had run and failed.
-            let err = Error::io(Op::Spawn, &entry.pipe.path, e);
-            tracing::error!(key, error = %err, "create cache entry");
-            self.metrics.add_failures(1);
-            self.remove_entry(key, &entry);
-            entry.pipe.outcome.set(Err(err));
-            entry.pipe.core.fail();
-        }
+        let failed_key = key.to_owned();
+        let before_failure: runner::BeforeFailure = Box::new(move || {
+            // The failed entry leaves the index before anyone learns of the failure, so
+            // whoever saw the error and asks again gets a fresh entry.
+            if let Some(shared) = weak.upgrade() {
+                shared.forget(&failed_key, &entry);
+            }
+            // Nobody will open a failed entry by name again: give its space back now
+            // (after a full disk that matters) rather than when the sweep finds it.
+            // Readers that have the file open keep reading what was written.
+            entry.remove_file();
+        });
+        // A failure to start reaches the stream's readers; the lookup itself succeeded.
+        let _ = runner::start(runner::Job {
+            key: key.to_owned(),
+            writer,
+            producer,
+            metrics: Arc::clone(&self.metrics),
+            before_failure: Some(before_failure),
+        });
     }
 
     /// Removes `key` from the index if it still maps to `entry` (not a newer entry).
-    fn remove_entry(&self, key: &str, entry: &Arc<Entry>) {
+    fn forget(&self, key: &str, entry: &Arc<Entry>) {
         let mut index = lock(&self.index);
         if index
             .get(key)
@@ -427,11 +464,12 @@ impl Shared {
         {
             index.remove(key);
             self.metrics.set_index_entries(index.len());
-            self.kept.release(entry);
             #[cfg(test)]
             if let Some(hook) = self.on_remove.get() {
                 hook(entry);
             }
+            drop(index);
+            self.kept.release(entry);
         }
     }
 
@@ -445,7 +483,7 @@ impl Shared {
                 self.metrics.add_swept_files(sweep.removed);
                 self.metrics.set_disk_usage(sweep.usage);
             }
-            Err(err) => tracing::error!(error = %err, "streamcache filestore cleanup"),
+            Err(err) => tracing::error!(error = %Chain(&err), "streamcache: sweep"),
         }
     }
 
@@ -455,7 +493,7 @@ impl Shared {
             let mut expired = Vec::new();
             index.retain(|_, entry| {
                 // Expired: created strictly before `now - max_age`.
-                let keep = now.saturating_duration_since(entry.created) <= self.config.max_age;
+                let keep = now.saturating_duration_since(entry.created()) <= self.config.max_age;
                 if !keep {
                     expired.push(Arc::clone(entry));
                 }
@@ -468,112 +506,9 @@ impl Shared {
         // Readers and the writer keep their open handles; only the name goes.
         for entry in expired {
             self.kept.release(&entry);
-            match std::fs::remove_file(&entry.pipe.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::error!(path = %entry.pipe.path.display(), error = %e, "streamcache: remove file evicted from index")
-                }
-            }
+            entry.remove_file();
         }
     }
-}
-
-/// The producer thread of one entry.
-fn produce(
-    key: String,
-    entry: Arc<Entry>,
-    mut writer: Writer,
-    producer: Producer,
-    shared: Weak<Shared>,
-    metrics: Arc<Metrics>,
-) {
-    let span = tracing::debug_span!("streamcache producer", key = %key);
-    let _enter = span.enter();
-    let outcome = run_guarded(producer, &mut writer).and_then(|()| writer.close());
-    metrics.add_generated_bytes(writer.written());
-    match outcome {
-        Ok(()) => {
-            tracing::debug!(bytes = writer.written(), "streamcache: entry complete");
-            entry.pipe.outcome.set(Ok(()));
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "create cache entry");
-            metrics.add_failures(1);
-            // The failed entry leaves the index before anyone learns of the failure, so
-            // whoever saw the error and asks again gets a fresh entry.
-            if let Some(shared) = shared.upgrade() {
-                shared.remove_entry(&key, &entry);
-            }
-            // Nobody will open a failed entry by name again: give its space back now
-            // (after a full disk that matters) rather than when the sweep finds it,
-            // and before anyone learns of the failure. Readers that have the file open
-            // keep reading what was written.
-            if let Err(e) = std::fs::remove_file(&entry.pipe.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(
-                        path = %entry.pipe.path.display(),
-                        error = %e,
-                        "streamcache: remove file of failed entry"
-                    );
-                }
-            }
-            entry.pipe.outcome.set(Err(err));
-            writer.abandon();
-        }
-    }
-}
-
-/// Runs the producer, turning a panic into [`Error::Panic`] and preferring the writer's
-/// own failure (a failed write) over what the producer made of it.
-fn run_guarded(producer: Producer, writer: &mut Writer) -> Result<()> {
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| producer(writer)));
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(writer.failure().unwrap_or_else(|| Error::from_io(e))),
-        Err(payload) => Err(Error::Panic(panic_message(payload.as_ref()).into())),
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_owned()
-    }
-}
-
-/// Runs `producer` into an OS pipe read by one stream, bypassing the cache.
-fn run_direct(key: &str, producer: Producer, metrics: &Arc<Metrics>) -> Result<Stream> {
-    let (reader, pipe) = io::pipe().map_err(|e| Error::io(Op::Create, "<pipe>", e))?;
-    let outcome = Arc::new(Waiter::default());
-    let stream = Stream::direct(reader, Arc::clone(&outcome), Arc::clone(metrics));
-    let mut writer = Writer::direct(pipe);
-    let job_metrics = Arc::clone(metrics);
-    let job_outcome = Arc::clone(&outcome);
-    let job_key = key.to_owned();
-    let spawned = crate::pool::run(move || {
-        let span = tracing::debug_span!("streamcache producer", key = %job_key, cached = false);
-        let _enter = span.enter();
-        let result = run_guarded(producer, &mut writer);
-        job_metrics.add_generated_bytes(writer.written());
-        if let Err(err) = &result {
-            tracing::error!(error = %err, "create cache entry");
-            job_metrics.add_failures(1);
-        }
-        // Publish first: the reader looks at the outcome when it sees end-of-file,
-        // which dropping the writer (closing the OS pipe) gives it.
-        job_outcome.set(result);
-        drop(writer);
-    });
-    if let Err(e) = spawned {
-        let err = Error::io(Op::Spawn, "<producer thread>", e);
-        outcome.set(Err(err.clone()));
-        return Err(err);
-    }
-    Ok(stream)
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ impl fmt::Display for Op {
 
 /// Errors returned by the cache.
 ///
+/// `Display` says what failed, `source()` gives the cause: print the whole chain (as
+/// `anyhow`'s `{:#}` does, or by walking [`std::error::Error::source`]) to see both;
+/// each cause appears once.
+///
 /// `Error` is [`Clone`] because one producer failure fans out to every reader of the entry:
 /// each of them gets the same value from [`Stream::wait`](crate::Stream::wait).
 ///
@@ -60,7 +64,7 @@ impl fmt::Display for Op {
 #[non_exhaustive]
 pub enum Error {
     /// I/O on a cache file or directory failed; `path` names it and `op` says what was tried.
-    #[error("streamcache: {op} {}: {source}", path.display())]
+    #[error("streamcache: {op} {}", path.display())]
     Io {
         /// What the cache was doing.
         op: Op,
@@ -70,9 +74,10 @@ pub enum Error {
         #[source]
         source: Arc<io::Error>,
     },
-    /// The producer returned this error. Its text is the producer's own.
-    #[error("{0}")]
-    Producer(#[source] Arc<io::Error>),
+    /// The producer returned this error. Its text and its source are the producer's
+    /// own.
+    #[error(transparent)]
+    Producer(Arc<io::Error>),
     /// The producer panicked; the text is the panic message.
     #[error("panic: {0}")]
     Panic(Arc<str>),
@@ -83,8 +88,12 @@ pub enum Error {
     #[error("streamcache.pipe: writer already closed")]
     WriterClosed,
     /// Copying the entry into the caller's destination failed.
-    #[error("streamcache: copy to destination: {0}")]
+    #[error("streamcache: copy to destination")]
     Copy(#[source] Arc<io::Error>),
+    /// A producer could not be started outside the cache (a bypass): no OS pipe or no
+    /// thread could be had.
+    #[error("streamcache: start a producer outside the cache")]
+    Bypass(#[source] Arc<io::Error>),
     /// A wait for the producer's result timed out.
     #[error("streamcache: timed out waiting for the producer")]
     TimedOut,
@@ -143,9 +152,10 @@ impl Error {
     /// The [`io::ErrorKind`] this error maps to.
     pub fn kind(&self) -> io::ErrorKind {
         match self {
-            Error::Io { source, .. } | Error::Producer(source) | Error::Copy(source) => {
-                source.kind()
-            }
+            Error::Io { source, .. }
+            | Error::Producer(source)
+            | Error::Copy(source)
+            | Error::Bypass(source) => source.kind(),
             Error::Panic(_) => io::ErrorKind::Other,
             Error::ReadersGone => io::ErrorKind::BrokenPipe,
             Error::WriterClosed => io::ErrorKind::Other,
@@ -158,5 +168,20 @@ impl Error {
 impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         io::Error::new(err.kind(), err)
+    }
+}
+
+/// Shows an error and each of its causes, `: `-separated, for logs.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

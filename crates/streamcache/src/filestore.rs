@@ -1,4 +1,5 @@
-//! Entry files on disk: naming, fan-out directories and the sweep of stale files.
+//! Entry files on disk: naming, fan-out directories, the owner of each file, and the
+//! sweep of stale files.
 //!
 //! Layout: `<root>/<xx>/<id>-<n>`, where `<id>` is 20 random hex digits drawn once per
 //! store, `<n>` counts the store's files from 1, and `<xx>` is the low byte of `<n>` in
@@ -6,34 +7,51 @@
 //! instances) sharing one root never collide, because each has its own random `<id>`.
 //! Directories are `0700`, files `0400`.
 //!
-//! Nothing below the root is ever reached through a symbolic link: files are created
-//! and opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` relative to the root,
-//! and the sweep never follows links. A link planted in the cache directory is treated
-//! as a stale file and removed once it is old enough.
+//! # Nothing below the root is reached through a link
+//!
+//! The root is opened once (a root given through a symbolic link is resolved then; it
+//! is opened again only if it was removed), and every operation below it goes through
+//! directory descriptors, never through a path that could change between a check and
+//! its use:
+//!
+//! * entry files are created and opened with `openat2(RESOLVE_BENEATH |
+//!   RESOLVE_NO_SYMLINKS)` relative to the root, readers with `O_NONBLOCK` and a check
+//!   that what opened is a regular file (a FIFO renamed over an entry file must not
+//!   block a lookup);
+//! * an entry file is removed with `unlinkat` relative to its fan-out directory, itself
+//!   opened beneath the root without following links;
+//! * the sweep opens each directory with `O_NOFOLLOW | O_DIRECTORY` relative to its
+//!   parent's descriptor, looks at names with `fstatat(AT_SYMLINK_NOFOLLOW)` and removes
+//!   them with `unlinkat` relative to the directory it read them from. A directory
+//!   swapped for a link between the look and the use is then either not entered (the
+//!   open refuses the link) or the link itself is what goes.
+//!
+//! A link planted in the cache directory is treated as a stale file and removed once it
+//! is old enough; what it points to is never touched.
 
-use std::fs::{self, File};
+use std::ffi::CStr;
+use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
+use crate::error::{Error, Op, Result};
 use crate::sync::{lock, Mutex};
-use crate::{Error, Op, Result};
 
-/// Creates entry files under one root directory.
+/// Creates entry files under one root directory and sweeps it.
 #[derive(Debug)]
 pub(crate) struct FileStore {
     root: PathBuf,
     id: OnceLock<String>,
     counter: AtomicU64,
-    /// The root, opened once; created files are resolved beneath it. Reopened if the
-    /// root was removed and created again.
-    root_fd: Mutex<Option<std::sync::Arc<OwnedFd>>>,
+    /// The root, opened once; reopened only if it was removed (and then made again).
+    root_fd: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 /// What one sweep did.
@@ -43,6 +61,61 @@ pub(crate) struct Sweep {
     pub(crate) removed: u64,
     /// Bytes in the files left under the root.
     pub(crate) usage: u64,
+}
+
+/// One entry file, named relative to the root's descriptor: the one value that opens
+/// readers of the file and removes it. Its owner (the cache's entry) decides when the
+/// name goes; dropping it leaves the file where it is (the sweep reclaims it in time).
+#[derive(Debug)]
+pub(crate) struct EntryFile {
+    root: Arc<OwnedFd>,
+    /// The fan-out directory, relative to the root.
+    dir: String,
+    /// The file's name in `dir`.
+    name: String,
+    /// The full path, for messages only: it is never opened.
+    path: Arc<Path>,
+}
+
+impl EntryFile {
+    /// The file's path, for error messages and logs.
+    pub(crate) fn path(&self) -> &Arc<Path> {
+        &self.path
+    }
+
+    /// Opens the file for reading. Fails, without blocking, if anything below the root
+    /// is a link or the name no longer holds a regular file.
+    pub(crate) fn open_reader(&self) -> Result<File> {
+        let relative = format!("{}/{}", self.dir, self.name);
+        let fd = openat_beneath(&self.root, relative, OFlags::RDONLY | OFlags::NONBLOCK, 0)
+            .map_err(|e| Error::io(Op::OpenReader, &*self.path, e))?;
+        let stat =
+            rustix::fs::fstat(&fd).map_err(|e| Error::io(Op::OpenReader, &*self.path, e.into()))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            let err = io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
+            return Err(Error::io(Op::OpenReader, &*self.path, err));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Removes the file's name, relative to its fan-out directory. Open handles keep
+    /// reading. Removing a name that is already gone is not an error.
+    pub(crate) fn remove(&self) -> Result<()> {
+        let dir = match openat_beneath(
+            &self.root,
+            self.dir.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            0,
+        ) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(Op::Remove, &*self.path, e)),
+        };
+        match rustix::fs::unlinkat(&dir, self.name.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::io(Op::Remove, &*self.path, e.into())),
+        }
+    }
 }
 
 impl FileStore {
@@ -71,85 +144,90 @@ impl FileStore {
         Ok(self.id.get_or_init(|| hex))
     }
 
-    fn root_fd(&self, reopen: bool) -> Result<std::sync::Arc<OwnedFd>> {
+    /// The root's descriptor: the one opened before, unless the root has been removed
+    /// since (or `reopen`); then the root is opened again, made first if `create`.
+    /// `None` if it does not exist and `create` is false.
+    fn root_fd(&self, create: bool, reopen: bool) -> Result<Option<Arc<OwnedFd>>> {
         let mut slot = lock(&self.root_fd);
-        if !reopen {
-            if let Some(fd) = slot.as_ref() {
-                return Ok(std::sync::Arc::clone(fd));
+        if let Some(fd) = slot.as_ref() {
+            let alive = rustix::fs::fstat(&**fd).is_ok_and(|st| st.st_nlink > 0);
+            if alive && !reopen {
+                return Ok(Some(Arc::clone(fd)));
             }
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .map_err(|e| Error::io(Op::Mkdir, &self.root, e))?;
-        let fd = rustix::fs::open(
+        if create {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.root)
+                .map_err(|e| Error::io(Op::Mkdir, &self.root, e))?;
+        }
+        // The one place the root's own path is followed, links and all.
+        let fd = match rustix::fs::open(
             &self.root,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-        )
-        .map_err(|e| Error::io(Op::Mkdir, &self.root, e.into()))?;
-        let fd = std::sync::Arc::new(fd);
-        *slot = Some(std::sync::Arc::clone(&fd));
-        Ok(fd)
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) if !create => return Ok(None),
+            Err(e) => return Err(Error::io(Op::Mkdir, &self.root, e.into())),
+        };
+        let fd = Arc::new(fd);
+        *slot = Some(Arc::clone(&fd));
+        Ok(Some(fd))
     }
 
-    /// Creates a new, empty, uniquely named file and returns its write handle and path.
-    pub(crate) fn create(&self) -> Result<(File, PathBuf)> {
+    fn root_for_create(&self, reopen: bool) -> Result<Arc<OwnedFd>> {
+        self.root_fd(true, reopen)?
+            .ok_or_else(|| Error::io(Op::Mkdir, &self.root, io::ErrorKind::NotFound.into()))
+    }
+
+    /// Creates a new, empty, uniquely named file and returns its write handle and the
+    /// value that owns its name.
+    pub(crate) fn create(&self) -> Result<(File, EntryFile)> {
         let id = self.id()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
         let dir = format!("{:02x}", n & 0xff);
-        let relative = format!("{dir}/{id}-{n}");
-        let path = self.root.join(&relative);
-        let mut root = self.root_fd(false)?;
+        let name = format!("{id}-{n}");
+        let relative = format!("{dir}/{name}");
+        let path: Arc<Path> = self.root.join(&relative).into();
+        let mut root = self.root_for_create(false)?;
         let mut made_dir = false;
         loop {
             match openat_beneath(
                 &root,
-                &relative,
+                relative.as_str(),
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
                 0o400,
             ) {
-                Ok(fd) => return Ok((File::from(fd), path)),
+                Ok(fd) => {
+                    let file = EntryFile {
+                        root,
+                        dir,
+                        name,
+                        path,
+                    };
+                    return Ok((File::from(fd), file));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !made_dir => {
                     made_dir = true;
-                    match rustix::fs::mkdirat(&*root, dir.as_str(), Mode::from_raw_mode(0o700)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    match mkdir_at(&root, &dir) {
+                        Ok(()) => {}
                         Err(rustix::io::Errno::NOENT) => {
                             // The root itself is gone (someone wiped the cache): make it
                             // again and start over.
-                            root = self.root_fd(true)?;
-                            rustix::fs::mkdirat(&*root, dir.as_str(), Mode::from_raw_mode(0o700))
-                                .or_else(|e| {
-                                    if e == rustix::io::Errno::EXIST {
-                                        Ok(())
-                                    } else {
-                                        Err(e)
-                                    }
-                                })
-                                .map_err(|e| {
-                                    Error::io(Op::Mkdir, self.root.join(&dir), e.into())
-                                })?;
+                            root = self.root_for_create(true)?;
+                            mkdir_at(&root, &dir).map_err(|e| {
+                                Error::io(Op::Mkdir, self.root.join(&dir), e.into())
+                            })?;
                         }
                         Err(e) => return Err(Error::io(Op::Mkdir, self.root.join(&dir), e.into())),
                     }
                 }
-                Err(e) => return Err(Error::io(Op::Create, path, e)),
+                Err(e) => return Err(Error::io(Op::Create, &*path, e)),
             }
         }
-    }
-
-    /// Opens an entry file of this store for reading, refusing any symbolic link below
-    /// the root.
-    pub(crate) fn open_reader(&self, path: &Path) -> io::Result<File> {
-        let relative = path.strip_prefix(&self.root).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "path is outside the cache root",
-            )
-        })?;
-        let root = self.root_fd(false).map_err(io::Error::from)?;
-        openat_beneath(&root, relative, OFlags::RDONLY, 0).map(File::from)
     }
 
     /// Removes every non-directory entry under the root last modified before `cutoff`,
@@ -158,14 +236,26 @@ impl FileStore {
     /// an empty one.
     pub(crate) fn sweep(&self, cutoff: SystemTime) -> Result<Sweep> {
         let mut report = Sweep::default();
-        match fs::symlink_metadata(&self.root) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Ok(report),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
-            Err(e) => return Err(Error::io(Op::Walk, &self.root, e)),
-        }
-        sweep_dir(&self.root, cutoff, &mut report)?;
+        let Some(root) = self.root_fd(false, false)? else {
+            return Ok(report);
+        };
+        repair_permissions(root.as_fd(), &self.root)?;
+        let dir = rustix::fs::openat(
+            &*root,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(Op::Walk, &self.root, e.into()))?;
+        sweep_dir(dir, &self.root, cutoff, &mut report)?;
         Ok(report)
+    }
+}
+
+fn mkdir_at(root: &OwnedFd, dir: &str) -> rustix::io::Result<()> {
+    match rustix::fs::mkdirat(root, dir, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -181,65 +271,114 @@ fn openat_beneath(
         .map_err(io::Error::from)
 }
 
-fn sweep_dir(dir: &Path, cutoff: SystemTime, report: &mut Sweep) -> Result<()> {
-    repair_permissions(dir)?;
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(Op::Walk, dir, e)),
-    };
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(Op::Walk, dir, e)),
+/// Sweeps the directory open on `dir` (its path, `at`, is for messages only).
+fn sweep_dir(dir: OwnedFd, at: &Path, cutoff: SystemTime, report: &mut Sweep) -> Result<()> {
+    let walk_error = |e: rustix::io::Errno| Error::io(Op::Walk, at, e.into());
+    // Names first, then the work: removing names while reading the directory is allowed
+    // but makes what the reading sees unspecified.
+    let mut names = Vec::new();
+    let mut entries = rustix::fs::Dir::read_from(&dir).map_err(walk_error)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(walk_error)?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
+    drop(entries);
+    for name in names {
+        let path = at.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        // A link is looked at, never through.
+        let stat = match rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(Error::io(Op::Walk, &path, e.into())),
         };
-        let path = entry.path();
-        // symlink_metadata: a link is looked at, never through.
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(Op::Walk, &path, e)),
-        };
-        if meta.is_dir() {
-            sweep_dir(&path, cutoff, report)?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+            // Swapped for something else since the look: not entered now; the next
+            // sweep sees what it is.
+            if let Some(sub) = open_subdir(dir.as_fd(), &name, &path)? {
+                sweep_dir(sub, &path, cutoff, report)?;
+            }
             continue;
         }
-        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let modified = modified(&stat);
         if modified >= cutoff {
-            report.usage += meta.size();
+            report.usage += u64::try_from(stat.st_size).unwrap_or(0);
             continue;
         }
         report.removed += 1;
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(Op::Remove, &path, e)),
+        match rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::empty()) {
+            // Gone already, or a directory swapped in since the look: left alone.
+            Ok(()) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::ISDIR) => {}
+            Err(e) => return Err(Error::io(Op::Remove, &path, e.into())),
         }
     }
     Ok(())
 }
 
-fn repair_permissions(dir: &Path) -> Result<()> {
-    let meta = match fs::symlink_metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(Op::Walk, dir, e)),
+/// Opens the subdirectory `name` of `dir` for reading without following a link, after
+/// giving its owner `rwx`. `None` if it is gone or no longer a directory.
+fn open_subdir(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> Result<Option<OwnedFd>> {
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // O_PATH needs no permission on the directory itself, so a directory without `r`
+    // or `x` can still be repaired; the repair goes through the descriptor.
+    let handle = match rustix::fs::openat(dir, name, flags | OFlags::PATH, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(Error::io(Op::Walk, path, e.into())),
     };
-    let mode = meta.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))
-            .map_err(|e| Error::io(Op::Walk, dir, e))?;
+    repair_permissions(handle.as_fd(), path)?;
+    match rustix::fs::openat(
+        &handle,
+        c".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) => Err(Error::io(Op::Walk, path, e.into())),
     }
-    Ok(())
+}
+
+/// Gives the owner of the directory open on `dir` `rwx`, so the sweep can walk it.
+fn repair_permissions(dir: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    let stat = rustix::fs::fstat(dir).map_err(|e| Error::io(Op::Walk, path, e.into()))?;
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o700 == 0o700 {
+        return Ok(());
+    }
+    let repaired = Mode::from_raw_mode(mode | 0o700);
+    // `fchmod` refuses an `O_PATH` descriptor; the kernel's own name for the descriptor
+    // reaches the very directory it holds, never a link.
+    let result = match rustix::fs::fchmod(dir, repaired) {
+        Err(rustix::io::Errno::BADF) => {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+            rustix::fs::chmod(format!("/proc/self/fd/{fd}").as_str(), repaired)
+        }
+        other => other,
+    };
+    result.map_err(|e| Error::io(Op::Walk, path, e.into()))
+}
+
+fn modified(stat: &rustix::fs::Stat) -> SystemTime {
+    let secs = stat.st_mtime;
+    let nanos = u32::try_from(stat.st_mtime_nsec).unwrap_or(0);
+    match u64::try_from(secs) {
+        Ok(secs) => SystemTime::UNIX_EPOCH + Duration::new(secs, nanos),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::fs;
     use std::io::Write;
     use std::os::unix::fs::symlink;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     // ported from internal/streamcache/filestore_test.go: TestFilestoreCreate
@@ -247,7 +386,8 @@ mod tests {
     fn a_created_file_is_writable_owner_read_only_and_one_level_deep() {
         let tmp = tempfile::tempdir().unwrap();
         let store = FileStore::new(tmp.path().join("cache"));
-        let (mut file, path) = store.create().unwrap();
+        let (mut file, entry) = store.create().unwrap();
+        let path = entry.path().to_path_buf();
         file.write_all(b"hello").unwrap();
         let relative = path.strip_prefix(store.root()).unwrap();
         let parts: Vec<_> = relative
@@ -282,9 +422,10 @@ mod tests {
             .map(|_| {
                 let store = std::sync::Arc::clone(&store);
                 std::thread::spawn(move || {
-                    let (file, path) = store.create().unwrap();
+                    let (file, entry) = store.create().unwrap();
                     drop(file);
-                    fs::remove_file(path).unwrap();
+                    entry.remove().unwrap();
+                    assert!(!entry.path().exists());
                 })
             })
             .collect();
@@ -301,8 +442,8 @@ mod tests {
         for _ in 0..10 {
             let store = FileStore::new(tmp.path().to_owned());
             for _ in 0..10 {
-                let (_, path) = store.create().unwrap();
-                names.insert(path);
+                let (_, entry) = store.create().unwrap();
+                names.insert(entry.path().to_path_buf());
             }
         }
         assert_eq!(names.len(), 100);
@@ -314,8 +455,8 @@ mod tests {
         let store = FileStore::new(tmp.path().to_owned());
         let mut dirs = HashSet::new();
         for _ in 0..600 {
-            let (_, path) = store.create().unwrap();
-            dirs.insert(path.parent().unwrap().to_owned());
+            let (_, entry) = store.create().unwrap();
+            dirs.insert(entry.path().parent().unwrap().to_owned());
         }
         assert_eq!(dirs.len(), 256);
     }
@@ -347,7 +488,8 @@ mod tests {
     fn the_sweep_keeps_young_files_and_counts_their_bytes() {
         let tmp = tempfile::tempdir().unwrap();
         let store = FileStore::new(tmp.path().to_owned());
-        let (mut file, path) = store.create().unwrap();
+        let (mut file, entry) = store.create().unwrap();
+        let path = entry.path().to_path_buf();
         file.write_all(&[7u8; 1000]).unwrap();
         let report = store
             .sweep(SystemTime::now() - Duration::from_secs(3600))

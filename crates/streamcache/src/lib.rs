@@ -104,21 +104,28 @@
 //! | `tokio` | `AsyncRead` for [`Stream`], [`Stream::wait_async`] |
 //! | `serde` | `Deserialize` for [`Settings`] |
 
+#![forbid(unsafe_code)]
+
 mod admission;
 mod cache;
 mod config;
 mod cursor;
+mod direct;
+mod entry;
 mod error;
 mod filestore;
 mod janitor;
 mod metrics;
 mod pipe;
 mod pool;
+mod runner;
 mod stream;
 mod sync;
 mod waiter;
 mod writer;
+mod zerocopy;
 
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use crate::cache::{Cache, Lookup};

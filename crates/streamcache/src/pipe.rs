@@ -9,21 +9,29 @@
 //!      +-- waits while written > read cursor (the fastest reader's high-water mark)
 //! ```
 //!
-//! The pipe is split in two. [`Core`] is the coordination: integers under one lock, two
-//! condition variables and a list of task wakers. It does no I/O and knows no file, so
-//! the back-pressure rule, end-of-stream and the "all readers left" state can be tested
-//! and model-checked on their own. [`Pipe`] adds the file: the writer's handle and the
-//! readers' shared read handle.
+//! Like tokio's `sync::watch`, a pipe is a private shared state with sealed ends:
 //!
-//! Readers share one read-only file handle and read with `pread` at their own offsets,
-//! so opening the second and later readers of a live entry costs no `open(2)`. The
-//! shared handle lives only as long as some reader holds it; an idle entry holds no
-//! descriptor, so the number of open descriptors is bounded by the number of readers,
-//! not by the number of entries.
+//! * [`Sender`], the writer's end: begin and end a write, close, or fail with an error
+//!   (the producer's result and the readers' wake-up in one call);
+//! * [`Tap`], held by the entry that owns the file: opens readers;
+//! * [`Receiver`], one reader's end: wait or poll for readable bytes, "I consumed n",
+//!   its position and its file.
+//!
+//! The pipe knows no path and calls nothing outside itself. Inside, [`Core`] is the
+//! coordination: integers under one lock, two condition variables and a list of task
+//! wakers. It does no I/O and knows no file, so the back-pressure rule, end-of-stream
+//! and the "all readers left" state are tested and model-checked on their own (loom).
+//!
+//! Readers of one entry share one read-only file handle (the entry hands it to
+//! [`Tap::subscribe`]) and read with `pread` at their own offsets, so opening the second
+//! and later readers of a live entry costs no `open(2)`.
+//!
+//! Lock order: the core's lock is the innermost lock of the crate. [`Tap::subscribe`]
+//! runs its `open` under it (the entry's shared-handle lock is taken inside `open`, so
+//! that one comes after; nothing takes the core's lock while holding the entry's).
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::Waker;
 #[cfg(any(feature = "tokio", test))]
 use std::task::{Context, Poll};
@@ -31,9 +39,9 @@ use std::task::{Context, Poll};
 use crate::cursor::{Cursor, Subscription};
 use std::sync::atomic::Ordering::SeqCst;
 
+use crate::error::{Error, Result};
 use crate::sync::{lock, AtomicBool, AtomicU8, Condvar, Mutex};
 use crate::waiter::Waiter;
-use crate::{Error, Op, Result};
 
 /// What a reader at some position may do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +168,7 @@ impl Core {
 
     /// Registers a reader, calling `open` under the pipe lock so that opening is atomic
     /// with the decision that the pipe is broken.
-    pub(crate) fn open_reader<T>(
+    pub(crate) fn subscribe<T>(
         &self,
         open: impl FnOnce() -> Result<T>,
     ) -> Result<(T, Subscription)> {
@@ -481,127 +489,169 @@ impl Core {
     }
 }
 
-/// A pipe over one named file: the coordination core plus the file.
+/// Makes a pipe: the writer's end, and the tap that opens readers.
+pub(crate) fn channel(backpressure: bool) -> (Sender, Tap) {
+    let shared = Arc::new(Shared {
+        core: Core::new(backpressure),
+        outcome: Arc::new(Waiter::default()),
+    });
+    (
+        Sender {
+            shared: Arc::clone(&shared),
+            done: false,
+        },
+        Tap { shared },
+    )
+}
+
+/// What both ends see: the coordination core and the producer's result.
 #[derive(Debug)]
-pub(crate) struct Pipe {
-    pub(crate) core: Core,
-    pub(crate) path: PathBuf,
-    /// The read handle shared by the open readers; dead when none is open.
-    shared: Mutex<Weak<File>>,
-    /// The producer's final result.
-    pub(crate) outcome: Arc<Waiter>,
-    open: OpenFn,
-    /// Told of every newly opened read handle (the cache keeps recent ones open).
-    on_open: OnOpen,
+struct Shared {
+    core: Core,
+    outcome: Arc<Waiter>,
 }
 
-struct OnOpen(Box<OpenedFile>);
-
-type OpenedFile = dyn Fn(&Arc<File>) + Send + Sync;
-
-impl std::fmt::Debug for OnOpen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OnOpen")
-    }
+/// Opens readers of a pipe. The entry that owns the pipe's file holds it.
+#[derive(Debug)]
+pub(crate) struct Tap {
+    shared: Arc<Shared>,
 }
 
-/// How a pipe opens its file for reading (the file store opens without following links).
-pub(crate) struct OpenFn(pub(crate) Box<OpenFile>);
-
-type OpenFile = dyn Fn(&Path) -> std::io::Result<File> + Send + Sync;
-
-impl std::fmt::Debug for OpenFn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OpenFn")
-    }
-}
-
-impl Pipe {
-    /// A pipe over the file at `path`; `open` opens it for reading.
-    pub(crate) fn new(
-        path: PathBuf,
-        backpressure: bool,
-        open: impl Fn(&Path) -> std::io::Result<File> + Send + Sync + 'static,
-    ) -> Pipe {
-        Pipe {
-            core: Core::new(backpressure),
-            path,
-            shared: Mutex::new(Weak::new()),
-            outcome: Arc::new(Waiter::default()),
-            open: OpenFn(Box::new(open)),
-            on_open: OnOpen(Box::new(|_| {})),
-        }
-    }
-
-    /// Calls `on_open` with every read handle the pipe opens.
-    pub(crate) fn with_on_open(
-        mut self,
-        on_open: impl Fn(&Arc<File>) + Send + Sync + 'static,
-    ) -> Pipe {
-        self.on_open = OnOpen(Box::new(on_open));
-        self
-    }
-
-    /// Opens a new reader at position 0.
-    pub(crate) fn open_reader(self: &Arc<Self>) -> Result<PipeReader> {
-        let (file, subscription) = self.core.open_reader(|| self.reader_file())?;
-        Ok(PipeReader {
-            pipe: Arc::clone(self),
+impl Tap {
+    /// Opens a reader at position 0 over `file`, which `open` gives. `open` runs under
+    /// the pipe's lock, so a reader is never added to a pipe that has just broken
+    /// (every reader gone before the writer finished); nothing else runs under it.
+    pub(crate) fn subscribe(&self, open: impl FnOnce() -> Result<Arc<File>>) -> Result<Receiver> {
+        let (file, subscription) = self.shared.core.subscribe(open)?;
+        Ok(Receiver {
+            shared: Arc::clone(&self.shared),
             file,
             position: 0,
             subscription: Some(subscription),
         })
     }
 
-    fn reader_file(&self) -> Result<Arc<File>> {
-        let mut shared = lock(&self.shared);
-        if let Some(file) = shared.upgrade() {
-            // A file unlinked under us (evicted, swept, or the directory wiped) must not
-            // gain readers: re-open by path, which fails, as it would without the
-            // shared handle.
-            if rustix::fs::fstat(&*file).is_ok_and(|st| st.st_nlink > 0) {
-                return Ok(file);
-            }
-        }
-        let file =
-            (self.open.0)(&self.path).map_err(|e| Error::io(Op::OpenReader, &self.path, e))?;
-        let file = Arc::new(file);
-        *shared = Arc::downgrade(&file);
-        (self.on_open.0)(&file);
-        Ok(file)
-    }
-
-    /// The read handle, if a reader or the cache still holds it open.
-    pub(crate) fn shared_file(&self) -> Option<Arc<File>> {
-        lock(&self.shared).upgrade()
+    /// The producer's result, once published.
+    #[cfg(test)]
+    pub(crate) fn outcome(&self) -> &Arc<Waiter> {
+        &self.shared.outcome
     }
 }
 
-/// One reader of a [`Pipe`]: a shared file handle and its own position.
+/// The writer's end. It publishes each write, and the producer's result exactly once:
+/// [`Sender::close`] on success, [`Sender::fail`] on failure; dropped without either,
+/// it fails the pipe, so no reader ever waits for a writer that is gone.
 #[derive(Debug)]
-pub(crate) struct PipeReader {
-    pub(crate) pipe: Arc<Pipe>,
-    pub(crate) file: Arc<File>,
-    pub(crate) position: u64,
+pub(crate) struct Sender {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Sender {
+    /// Waits until a write may start (back pressure) and returns the write position.
+    /// Fails once every reader has left, or after the end was published.
+    pub(crate) fn begin_write(&self) -> Result<u64> {
+        self.shared.core.begin_write()
+    }
+
+    /// Publishes that the file now holds `position` bytes.
+    pub(crate) fn end_write(&self, position: u64) {
+        self.shared.core.end_write(position);
+    }
+
+    /// Publishes the end of a complete stream. Fails, publishing nothing, if every
+    /// reader had left (the caller then fails the pipe with that error).
+    pub(crate) fn close(&mut self) -> Result<()> {
+        self.shared.core.close_writer()?;
+        self.done = true;
+        self.shared.outcome.set(Ok(()));
+        Ok(())
+    }
+
+    /// Publishes the producer's failure: [`Receiver::failure`] and the outcome give
+    /// `err`, and readers that reach the end of what was written get it.
+    pub(crate) fn fail(&mut self, err: Error) {
+        self.done = true;
+        // The outcome first: a reader that sees the failed state reads it next.
+        self.shared.outcome.set(Err(err));
+        self.shared.core.fail();
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if !self.done {
+            self.fail(Error::WriterClosed);
+        }
+    }
+}
+
+/// One reader's end: the shared read handle of the file, its own position, and its
+/// place among the pipe's readers (dropping it leaves).
+#[derive(Debug)]
+pub(crate) struct Receiver {
+    shared: Arc<Shared>,
+    file: Arc<File>,
+    position: u64,
     subscription: Option<Subscription>,
 }
 
-impl PipeReader {
-    /// The error a reader reports when it reaches the end of a failed entry.
+impl Receiver {
+    /// Bytes this reader has consumed: where its next read starts.
+    pub(crate) fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The file, to read at [`Receiver::position`] (`pread`, `sendfile`, `splice`).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Records that this reader consumed `n` more bytes. This is where a reader's
+    /// position moves and where the writer, if it waits for the fastest reader, learns
+    /// of it: always both, in this order.
+    pub(crate) fn consume(&mut self, n: u64) {
+        self.position += n;
+        self.shared.core.advance(self.position);
+    }
+
+    /// Blocks until this reader has something to do.
+    pub(crate) fn wait_readable(&self) -> Readable {
+        self.shared.core.wait_readable(self.position)
+    }
+
+    /// Like [`Receiver::wait_readable`], giving up (`None`) after about `timeout`.
+    pub(crate) fn wait_readable_for(&self, timeout: std::time::Duration) -> Option<Readable> {
+        self.shared
+            .core
+            .wait_readable_for(self.position, Some(timeout))
+    }
+
+    /// Like [`Receiver::wait_readable`], for tasks.
+    #[cfg(any(feature = "tokio", test))]
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<Readable> {
+        self.shared.core.poll_readable(self.position, cx)
+    }
+
+    /// The error a reader reports when it reaches the end of a failed pipe.
     pub(crate) fn failure(&self) -> Error {
-        match self.pipe.outcome.get() {
+        match self.shared.outcome.get() {
             Some(Err(e)) => e,
-            // The outcome is published before readers learn of the failure, so this
-            // only happens if the pipe was abandoned without one.
+            // The outcome is published before readers learn of the failure.
             _ => Error::ReadersGone,
         }
     }
+
+    /// The producer's result, once published.
+    pub(crate) fn outcome(&self) -> &Arc<Waiter> {
+        &self.shared.outcome
+    }
 }
 
-impl Drop for PipeReader {
+impl Drop for Receiver {
     fn drop(&mut self) {
         if let Some(subscription) = self.subscription.take() {
-            self.pipe.core.close_reader(subscription);
+            self.shared.core.close_reader(subscription);
         }
     }
 }

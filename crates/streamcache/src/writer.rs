@@ -2,10 +2,12 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::pipe::Pipe;
-use crate::{Error, Op, Result};
+use crate::direct::Sink;
+use crate::error::{Error, Op, Result};
+use crate::pipe::Sender;
 
 /// Where a producer writes the entry's bytes.
 ///
@@ -30,23 +32,24 @@ pub struct Writer {
 enum Inner {
     /// Into an entry file of a real cache.
     Entry {
-        pipe: Arc<Pipe>,
+        sender: Sender,
         file: Option<File>,
+        path: Arc<Path>,
         failure: Option<Error>,
         #[cfg(test)]
         close_fault: Option<io::ErrorKind>,
     },
-    /// Straight into an OS pipe to one reader: the disabled cache, and keys not yet
-    /// admitted by the min-occurrences rule.
-    Direct(Option<io::PipeWriter>),
+    /// Straight to one reader, bypassing the cache (see [`crate::direct`]).
+    Direct(Sink),
 }
 
 impl Writer {
-    pub(crate) fn entry(pipe: Arc<Pipe>, file: File) -> Writer {
+    pub(crate) fn entry(sender: Sender, file: File, path: Arc<Path>) -> Writer {
         Writer {
             inner: Inner::Entry {
-                pipe,
+                sender,
                 file: Some(file),
+                path,
                 failure: None,
                 #[cfg(test)]
                 close_fault: None,
@@ -55,9 +58,9 @@ impl Writer {
         }
     }
 
-    pub(crate) fn direct(pipe: io::PipeWriter) -> Writer {
+    pub(crate) fn direct(sink: Sink) -> Writer {
         Writer {
-            inner: Inner::Direct(Some(pipe)),
+            inner: Inner::Direct(sink),
             written: 0,
         }
     }
@@ -74,43 +77,55 @@ impl Writer {
         self.written
     }
 
+    /// The entry file's path, for a cached entry.
+    pub(crate) fn path(&self) -> Option<&Arc<Path>> {
+        match &self.inner {
+            Inner::Entry { path, .. } => Some(path),
+            Inner::Direct(_) => None,
+        }
+    }
+
     /// The producer returned `Ok`: closes the file and publishes the end of the entry.
+    /// On an error nothing is published; the caller fails the writer with it.
     pub(crate) fn close(&mut self) -> Result<()> {
         match &mut self.inner {
             Inner::Entry {
-                pipe,
+                sender,
                 file,
                 failure,
                 #[cfg(test)]
                 close_fault,
+                #[cfg(test)]
+                path,
+                ..
             } => {
                 // The file is closed first, as the reference does, then the pipe decides.
                 drop(file.take());
                 #[cfg(test)]
                 if let Some(kind) = close_fault.take() {
-                    let err = Error::io(Op::Close, &pipe.path, io::Error::from(kind));
+                    let err = Error::io(Op::Close, &**path, io::Error::from(kind));
                     *failure = Some(err);
                 }
                 if let Some(err) = failure {
                     return Err(err.clone());
                 }
-                pipe.core.close_writer()
+                sender.close()
             }
-            // The reader sees end-of-file when the writer is dropped, after the outcome
-            // has been published.
-            Inner::Direct(_) => Ok(()),
+            Inner::Direct(sink) => {
+                sink.finish(Ok(()));
+                Ok(())
+            }
         }
     }
 
-    /// The producer failed (the outcome is already published): readers that reach the
-    /// end learn of it.
-    pub(crate) fn abandon(&mut self) {
+    /// The producer failed: publishes `err` to every reader, in one step.
+    pub(crate) fn fail(&mut self, err: Error) {
         match &mut self.inner {
-            Inner::Entry { pipe, file, .. } => {
+            Inner::Entry { sender, file, .. } => {
                 drop(file.take());
-                pipe.core.fail();
+                sender.fail(err);
             }
-            Inner::Direct(pipe) => drop(pipe.take()),
+            Inner::Direct(sink) => sink.finish(Err(err)),
         }
     }
 
@@ -131,60 +146,35 @@ impl Write for Writer {
         }
         match &mut self.inner {
             Inner::Entry {
-                pipe,
+                sender,
                 file,
+                path,
                 failure,
                 ..
             } => {
                 if let Some(err) = failure {
                     return Err(err.clone().into());
                 }
-                pipe.core.begin_write()?;
+                sender.begin_write()?;
                 let Some(file) = file.as_mut() else {
                     return Err(Error::WriterClosed.into());
                 };
-                let mut done = 0;
-                let mut error = None;
-                while done < buf.len() {
-                    match file.write(&buf[done..]) {
-                        Ok(0) => {
-                            error = Some(io::Error::from(io::ErrorKind::WriteZero));
-                            break;
-                        }
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            error = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = error {
+                if let Err(e) = file.write_all(buf) {
                     // The part of this call that did reach the file is not published:
                     // readers never see a torn write, only what came before it and
                     // then the error. (The reference publishes the partial bytes.)
-                    let err = Error::io(Op::Write, &pipe.path, e);
+                    let err = Error::io(Op::Write, &**path, e);
                     *failure = Some(err.clone());
                     return Err(err.into());
                 }
-                self.written += done as u64;
-                pipe.core.end_write(self.written);
+                self.written += buf.len() as u64;
+                sender.end_write(self.written);
                 Ok(buf.len())
             }
-            Inner::Direct(pipe) => {
-                let Some(pipe) = pipe.as_mut() else {
-                    return Err(Error::WriterClosed.into());
-                };
-                match pipe.write_all(buf) {
-                    Ok(()) => {
-                        self.written += buf.len() as u64;
-                        Ok(buf.len())
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                        Err(Error::ReadersGone.into())
-                    }
-                    Err(e) => Err(e),
-                }
+            Inner::Direct(sink) => {
+                sink.write_all(buf)?;
+                self.written += buf.len() as u64;
+                Ok(buf.len())
             }
         }
     }

@@ -144,10 +144,11 @@ fn a_file_that_cannot_be_written_fails_the_fetch_with_a_write_error(backpressure
         dir.path(),
         backpressure,
         Box::new(|store: &FileStore| {
-            let (writable, path) = store.create()?;
+            let (writable, entry) = store.create()?;
             drop(writable);
-            let read_only = File::open(&path).map_err(|e| Error::io(Op::Create, &path, e))?;
-            Ok((read_only, path))
+            let read_only = File::open(&**entry.path())
+                .map_err(|e| Error::io(Op::Create, &**entry.path(), e))?;
+            Ok((read_only, entry))
         }),
     );
     let err = fetch_text(&cache, "key", "hello").unwrap_err();
@@ -187,9 +188,9 @@ fn a_file_that_cannot_be_opened_for_reading_fails_the_lookup(backpressure: bool)
         dir.path(),
         backpressure,
         Box::new(|store: &FileStore| {
-            let (file, path) = store.create()?;
-            fs::remove_file(&path).map_err(|e| Error::io(Op::Remove, &path, e))?;
-            Ok((file, path))
+            let (file, entry) = store.create()?;
+            entry.remove()?;
+            Ok((file, entry))
         }),
     );
     let err = fetch_text(&cache, "key", "hello").unwrap_err();
@@ -282,7 +283,7 @@ fn a_failed_entry_is_out_of_the_index_before_its_readers_see_the_error(backpress
     // failure that was not yet published.
     let at_removal = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&at_removal);
-    let hook = move |entry: &Entry| seen.lock().unwrap().push(entry.pipe.outcome.get());
+    let hook = move |entry: &Entry| seen.lock().unwrap().push(entry.outcome().get());
     assert!(shared(&cache).on_remove.set(Box::new(hook)).is_ok());
     let (release, released) = mpsc::channel::<()>();
     let (reading, created) = cache
@@ -380,7 +381,7 @@ fn a_failing_producer_keeps_the_newer_entry_under_its_key(backpressure: bool, ho
 
     release.send(()).unwrap();
     // The outcome is published after the failed producer touched the index.
-    let err = old.pipe.outcome.wait().unwrap_err();
+    let err = old.outcome().wait().unwrap_err();
     assert_eq!(err.to_string(), "old producer failed");
     let current = indexed(&cache, "key").expect("the newer entry is still indexed");
     assert!(Arc::ptr_eq(&current, &new));
@@ -423,7 +424,7 @@ fn entries_older_than_max_age_are_evicted_with_their_files_while_open_readers_re
     first.wait().unwrap();
     let (mut hit, created) = cache.find_or_create("key", |_| Ok(())).unwrap();
     assert!(!created);
-    let path = indexed(&cache, "key").unwrap().pipe.path.clone();
+    let path = indexed(&cache, "key").unwrap().path().to_path_buf();
     assert!(path.exists());
 
     // Exactly max_age old is not older than max_age.
@@ -463,7 +464,7 @@ fn an_entry_evicted_mid_write_still_streams_to_its_readers(backpressure: bool) {
         })
         .unwrap();
     assert!(created);
-    let path = indexed(&cache, "key").unwrap().pipe.path.clone();
+    let path = indexed(&cache, "key").unwrap().path().to_path_buf();
     let mut head = [0u8; 3];
     stream.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"hel");
@@ -524,15 +525,15 @@ fn a_recently_read_entry_keeps_its_read_handle_and_gives_it_up_when_evicted() {
         ("kept".to_owned(), true)
     );
     let entry = indexed(&cache, "k").unwrap();
-    let path = entry.pipe.path.clone();
+    let path = entry.path().to_path_buf();
     // No reader is left, but the read handle is kept for the next hit.
     assert_eq!(descriptors_on(&path), 1);
-    let kept = entry.pipe.shared_file().expect("the handle is kept");
+    let kept = entry.shared_file().expect("the handle is kept");
     assert_eq!(
         fetch_text(&cache, "k", "unused").unwrap(),
         ("kept".to_owned(), false)
     );
-    let reused = entry.pipe.shared_file().unwrap();
+    let reused = entry.shared_file().unwrap();
     assert!(
         Arc::ptr_eq(&kept, &reused),
         "the hit reused the kept handle"
@@ -556,7 +557,7 @@ fn a_kept_handle_of_a_deleted_file_is_not_served_and_the_key_is_made_again() {
         fetch_text(&cache, "k", "one").unwrap(),
         ("one".to_owned(), true)
     );
-    let path = indexed(&cache, "k").unwrap().pipe.path.clone();
+    let path = indexed(&cache, "k").unwrap().path().to_path_buf();
     fs::remove_file(&path).unwrap();
     assert_eq!(
         fetch_text(&cache, "k", "two").unwrap(),

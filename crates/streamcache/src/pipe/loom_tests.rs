@@ -16,7 +16,7 @@ use crate::{Error, Result};
 /// Opens `n` readers on the main thread, so they exist before the writer starts.
 fn open_readers(core: &Core, n: usize) -> Vec<Subscription> {
     (0..n)
-        .map(|_| core.open_reader(|| Ok(())).expect("a fresh pipe opens").1)
+        .map(|_| core.subscribe(|| Ok(())).expect("a fresh pipe opens").1)
         .collect()
 }
 
@@ -114,7 +114,7 @@ fn loom_the_last_reader_leaving_wakes_a_blocked_writer_with_readers_gone() {
         reader.join().unwrap();
         assert_readers_gone(writer.join().unwrap());
         assert_readers_gone(core.close_writer());
-        assert_readers_gone(core.open_reader(|| Ok(())));
+        assert_readers_gone(core.subscribe(|| Ok(())));
     });
 }
 
@@ -179,7 +179,7 @@ fn close_races_with_readers_coming_and_going(backpressure: bool) {
         };
         let joiner = {
             let core = Arc::clone(&core);
-            thread::spawn(move || match core.open_reader(|| Ok(())) {
+            thread::spawn(move || match core.subscribe(|| Ok(())) {
                 Ok(((), subscription)) => {
                     let end = read_to_end(&core);
                     core.close_reader(subscription);

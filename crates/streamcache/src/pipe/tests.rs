@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread::{self, JoinHandle, ScopedJoinHandle};
 
-use super::{Core, Pipe, Readable};
+use super::{channel, Core, Readable, Receiver, Tap};
 use crate::metrics::Metrics;
 use crate::{Error, Result, Stream, Writer};
 
@@ -29,6 +29,23 @@ macro_rules! with_and_without_back_pressure {
     };
 }
 
+/// A pipe's tap and the file it reads: what the cache's entry holds.
+struct Pipe {
+    tap: Tap,
+    path: Arc<Path>,
+}
+
+impl Pipe {
+    fn open_reader(&self) -> Result<Receiver> {
+        self.tap
+            .subscribe(|| Ok(Arc::new(File::open(&*self.path).unwrap())))
+    }
+
+    fn core(&self) -> &Core {
+        &self.tap.shared.core
+    }
+}
+
 /// A pipe over a real file in its own temporary directory, with its first reader.
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -42,9 +59,13 @@ fn fixture(backpressure: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("entry");
     let file = File::create(&path).unwrap();
-    let pipe = Arc::new(Pipe::new(path.clone(), backpressure, |p| File::open(p)));
+    let (sender, tap) = channel(backpressure);
+    let pipe = Arc::new(Pipe {
+        tap,
+        path: path.clone().into(),
+    });
     let reader = open(&pipe).unwrap();
-    let writer = Writer::entry(Arc::clone(&pipe), file);
+    let writer = Writer::entry(sender, file, Arc::clone(&pipe.path));
     Fixture {
         _dir: dir,
         path,
@@ -57,7 +78,11 @@ fn fixture(backpressure: bool) -> Fixture {
 /// Opens a reader and wraps it in the public read type.
 fn open(pipe: &Arc<Pipe>) -> Result<Stream> {
     let reader = pipe.open_reader()?;
-    Ok(Stream::entry(reader, Arc::new(Metrics::default())))
+    Ok(Stream::entry(
+        reader,
+        Arc::clone(&pipe.path),
+        Arc::new(Metrics::default()),
+    ))
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -241,7 +266,7 @@ fn with_back_pressure_the_writer_stays_one_write_ahead_of_the_reader() {
             write_bytewise(&mut writer, input, &progress).and_then(|()| writer.close())
         })
     };
-    let core = &pipe.core;
+    let core = pipe.core();
 
     let mut byte = [0u8; 1];
     reader.read_exact(&mut byte).unwrap();
@@ -279,11 +304,11 @@ fn without_back_pressure_the_writer_finishes_before_anyone_reads() {
         ..
     } = fixture(false);
     let input = b"hello world";
-    without_waiting(&pipe.core, || {
+    without_waiting(pipe.core(), || {
         write_bytewise(&mut writer, input, &AtomicU64::new(0)).and_then(|()| writer.close())
     })
     .unwrap();
-    assert_eq!(pipe.core.lead(), input.len() as u64);
+    assert_eq!(pipe.core().lead(), input.len() as u64);
     let mut out = Vec::new();
     reader.read_to_end(&mut out).unwrap();
     assert_eq!(out, input);
@@ -303,7 +328,7 @@ fn with_back_pressure_the_blocked_writer_fails_once_the_last_reader_leaves() {
         write_bytewise(&mut writer, b"hello world", &AtomicU64::new(0))
             .and_then(|()| writer.close())
     });
-    let core = &pipe.core;
+    let core = pipe.core();
     assert_eq!(await_writer_held(core, &producer), 1);
     let mut second = open(&pipe).unwrap();
     drop(reader);
@@ -460,7 +485,7 @@ fn readers_coming_and_going_while_the_writer_closes_see_one_consistent_outcome(b
 fn core_with_readers(backpressure: bool, n: usize) -> (Core, Vec<crate::cursor::Subscription>) {
     let core = Core::new(backpressure);
     let readers = (0..n)
-        .map(|_| core.open_reader(|| Ok(())).unwrap().1)
+        .map(|_| core.subscribe(|| Ok(())).unwrap().1)
         .collect();
     (core, readers)
 }
@@ -531,7 +556,7 @@ fn without_back_pressure_the_writer_never_waits_but_stops_once_readers_are_gone(
     core.close_reader(readers.remove(0));
     assert_readers_gone(core.begin_write());
     assert_readers_gone(core.close_writer());
-    assert_readers_gone(core.open_reader(|| Ok(())));
+    assert_readers_gone(core.subscribe(|| Ok(())));
 }
 
 #[test]
@@ -552,7 +577,7 @@ fn after_a_clean_close_new_readers_open_even_when_every_reader_left() {
     write(&core, 3).unwrap();
     core.close_writer().unwrap();
     core.close_reader(readers.remove(0));
-    let ((), late) = core.open_reader(|| Ok(())).unwrap();
+    let ((), late) = core.subscribe(|| Ok(())).unwrap();
     assert_eq!(core.wait_readable(0), Readable::Until(3));
     assert_eq!(core.wait_readable(3), Readable::End);
     core.close_reader(late);

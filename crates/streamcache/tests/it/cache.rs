@@ -440,3 +440,26 @@ fn a_relative_directory_is_rejected_naming_the_field() {
     }
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
 }
+
+/// Each cause is printed once when an error and its sources are printed as a chain
+/// (as `anyhow`'s `{:#}` and most loggers do): `Display` names what failed, `source()`
+/// gives the cause.
+#[test]
+fn an_error_chain_names_each_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    // The root lies below a regular file: making it fails with ENOTDIR.
+    let mut cfg = streamcache::Config::new(file.join("cache"));
+    cfg.min_occurrences = 0;
+    let cache = streamcache::Cache::new(cfg).unwrap();
+    let err = cache
+        .find_or_create("k", |_| Ok(()))
+        .map(|_| ())
+        .unwrap_err();
+    let text = crate::support::chain(&err);
+    let cause = std::error::Error::source(&err).expect("the cause is the source");
+    assert!(cause.source().is_none(), "one cause: {text}");
+    assert_eq!(text.matches("Not a directory").count(), 1, "{text}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+}

@@ -68,9 +68,10 @@ fn sixteen_mib(
 fn assert_disk_full(err: &Error, who: &str) {
     assert_eq!(err.op(), Some(Op::Write), "{who}: {err:?}");
     assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{who}: {err:?}");
+    let chain = crate::support::chain(err);
     assert!(
-        err.to_string().contains("No space left"),
-        "{who}: the message names the cause: {err}"
+        chain.contains("No space left"),
+        "{who}: the message names the cause: {chain}"
     );
 }
 

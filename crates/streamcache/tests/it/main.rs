@@ -6,6 +6,9 @@ mod admission;
 mod asynchronous;
 mod cache;
 mod disk_full;
+mod empty_read;
+mod hostile;
+#[cfg(feature = "testing")]
 mod logging;
 mod memory;
 mod props;

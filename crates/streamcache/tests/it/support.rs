@@ -152,3 +152,16 @@ pub(crate) fn raise_open_file_limit() {
         setrlimit(Resource::Nofile, limit).expect("raise the open file limit");
     }
 }
+
+/// An error and its causes, `: `-separated, as a log line or `anyhow`'s `{:#}` shows
+/// them.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

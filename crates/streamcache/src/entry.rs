@@ -1,0 +1,96 @@
+//! One cache entry: the owner of an entry file, the pipe's tap, and the read handle its
+//! readers share.
+//!
+//! The index holds entries; the producer's writer holds the pipe's other end. The entry
+//! is the only place that turns the file into readers, so the rule "a file whose name
+//! is gone gains no readers" lives here.
+//!
+//! Lock order: [`Entry::open_reader`] takes the entry's handle lock inside the pipe's
+//! lock (see [`crate::pipe`]); nothing takes them the other way round.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::filestore::EntryFile;
+use crate::pipe::{Receiver, Tap};
+use crate::sync::{lock, Mutex};
+#[cfg(test)]
+use crate::waiter::Waiter;
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    file: EntryFile,
+    tap: Tap,
+    /// The read handle shared by the open readers; dead when none is open (unless the
+    /// cache keeps it, see `KeptFiles`).
+    shared: Mutex<Weak<File>>,
+    created: Instant,
+}
+
+impl Entry {
+    pub(crate) fn new(file: EntryFile, tap: Tap) -> Entry {
+        Entry {
+            file,
+            tap,
+            shared: Mutex::new(Weak::new()),
+            created: Instant::now(),
+        }
+    }
+
+    pub(crate) fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// The entry file's path, for messages.
+    pub(crate) fn path(&self) -> &Arc<Path> {
+        self.file.path()
+    }
+
+    /// Opens a reader at byte 0. Also returns the read handle if this call opened a new
+    /// one (the caller may keep it open for later hits).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::ReadersGone`] if the entry was abandoned; [`crate::Error::Io`]
+    /// if its file cannot be opened (its name is gone, or is no regular file now).
+    pub(crate) fn open_reader(&self) -> Result<(Receiver, Option<Arc<File>>)> {
+        let mut opened = None;
+        let receiver = self.tap.subscribe(|| {
+            let mut shared = lock(&self.shared);
+            if let Some(file) = shared.upgrade() {
+                // A file unlinked under us (evicted, swept, or the directory wiped) must
+                // not gain readers: open by name again, which fails, as it would
+                // without the shared handle.
+                if rustix::fs::fstat(&*file).is_ok_and(|st| st.st_nlink > 0) {
+                    return Ok(file);
+                }
+            }
+            let file = Arc::new(self.file.open_reader()?);
+            *shared = Arc::downgrade(&file);
+            opened = Some(Arc::clone(&file));
+            Ok(file)
+        })?;
+        Ok((receiver, opened))
+    }
+
+    /// The read handle, if a reader or the cache still holds it open.
+    pub(crate) fn shared_file(&self) -> Option<Arc<File>> {
+        lock(&self.shared).upgrade()
+    }
+
+    /// Removes the file's name; open readers read on.
+    pub(crate) fn remove_file(&self) {
+        if let Err(err) = self.file.remove() {
+            tracing::warn!(error = %crate::error::Chain(&err), "streamcache: remove entry file");
+        }
+    }
+
+    /// The producer's result, once published.
+    #[cfg(test)]
+    pub(crate) fn outcome(&self) -> &Arc<Waiter> {
+        self.tap.outcome()
+    }
+}

@@ -1,0 +1,199 @@
+//! The file system below the cache root, attacked: links swapped in while the sweep
+//! walks, a FIFO renamed over an entry file, a root given through a link. Nothing
+//! outside the root is ever touched, no lookup blocks, nothing is silently skipped.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use streamcache::{Cache, Lookup};
+
+use crate::support::{real_config, TempCache};
+
+/// Regular files under `dir`, by path.
+fn regular_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            found.extend(regular_files(&entry.path()));
+        } else if kind.is_file() {
+            found.push(entry.path());
+        }
+    }
+    found
+}
+
+fn make_old(path: &Path) {
+    let old = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    fs::File::open(path).unwrap().set_modified(old).unwrap();
+}
+
+/// A directory of the cache is swapped with a link to a victim directory outside the
+/// cache (`renameat2(RENAME_EXCHANGE)`, in a loop on another thread) while the sweep
+/// runs again and again. Checking a name and then using it by path lets the sweep walk
+/// into the victim; walking by directory descriptors never does.
+#[test]
+fn a_directory_swapped_for_a_link_during_the_sweep_never_leads_it_outside() {
+    const VICTIMS: usize = 64;
+    const SWEEPS: usize = 20_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    for i in 0..VICTIMS {
+        let file = victim.join(format!("precious-{i}"));
+        fs::write(&file, b"keep me").unwrap();
+        make_old(&file);
+    }
+    let root = tmp.path().join("cache");
+    let cache = Cache::new(real_config(&root)).unwrap();
+    // An entry makes the root; the sweep then walks it.
+    let (mut stream, _) = cache.find_or_create("k", |w| w.write_all(b"x")).unwrap();
+    stream.read_to_end(&mut Vec::new()).unwrap();
+    let real = root.join("ab");
+    let link = root.join("zz");
+    fs::create_dir(&real).unwrap();
+    symlink(&victim, &link).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let attacker = {
+        let (stop, swaps, real, link, victim) = (
+            Arc::clone(&stop),
+            Arc::clone(&swaps),
+            real.clone(),
+            link.clone(),
+            victim.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                match nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &real,
+                    nix::fcntl::AT_FDCWD,
+                    &link,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                ) {
+                    Ok(()) => {
+                        swaps.fetch_add(1, SeqCst);
+                    }
+                    // The sweep removed the link (it is a stale file to it): plant it
+                    // again under whichever name is free.
+                    Err(nix::errno::Errno::ENOENT) => {
+                        for name in [&real, &link] {
+                            if fs::symlink_metadata(name).is_err() {
+                                let _ = symlink(&victim, name);
+                            }
+                        }
+                    }
+                    Err(e) => panic!("renameat2: {e}"),
+                }
+            }
+        })
+    };
+    for _ in 0..SWEEPS {
+        cache.run_maintenance();
+    }
+    stop.store(true, SeqCst);
+    attacker.join().unwrap();
+    assert!(swaps.load(SeqCst) > 0, "the attacker swapped");
+    let survivors = (0..VICTIMS)
+        .filter(|i| victim.join(format!("precious-{i}")).exists())
+        .count();
+    assert_eq!(survivors, VICTIMS, "every file outside the cache survives");
+}
+
+/// A FIFO renamed over an entry file: the hit that re-opens the entry must not block
+/// on it (that key becomes a miss), and no other key waits for it.
+#[test]
+fn a_fifo_over_an_entry_file_makes_that_key_a_miss_and_blocks_no_other_key() {
+    let cache = TempCache::new(true);
+    let (mut stream, lookup) = cache.cache.lookup("a", |w| w.write_all(b"first")).unwrap();
+    assert_eq!(lookup, Lookup::Miss);
+    stream.read_to_end(&mut Vec::new()).unwrap();
+    stream.wait().unwrap();
+    drop(stream);
+    let files = regular_files(cache.root());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let fifo = cache.root().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    fs::rename(&fifo, &files[0]).unwrap();
+
+    let (done, results) = mpsc::channel();
+    for key in ["a", "b"] {
+        let cache = cache.cache.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let result =
+                cache
+                    .lookup(key, |w| w.write_all(b"second"))
+                    .map(|(mut stream, lookup)| {
+                        let mut bytes = Vec::new();
+                        let read = stream.read_to_end(&mut bytes).map(|_| bytes);
+                        (lookup, read.map_err(|e| e.to_string()), stream.wait())
+                    });
+            let _ = done.send((key, result));
+        });
+    }
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        // A bounded wait turns a lookup blocked on the FIFO into a failure, not a hang.
+        match results.recv_timeout(Duration::from_secs(120)) {
+            Ok((key, result)) => {
+                let (lookup, bytes, outcome) = result.unwrap();
+                assert_eq!(lookup, Lookup::Miss, "{key}");
+                assert_eq!(bytes.unwrap(), b"second", "{key}");
+                outcome.unwrap();
+                seen.push(key);
+            }
+            Err(_) => {
+                // Release a blocked opener before failing.
+                let _ = fs::OpenOptions::new().write(true).open(&files[0]);
+                panic!("lookups blocked by a FIFO over an entry file; done: {seen:?}");
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "b"]);
+}
+
+/// A root given through a link is resolved, not skipped: the sweep reports the bytes
+/// there and reclaims old files.
+#[test]
+fn a_root_given_through_a_link_is_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    fs::create_dir(&real).unwrap();
+    let root = tmp.path().join("entries");
+    symlink(&real, &root).unwrap();
+    let cache = Cache::new(real_config(&root)).unwrap();
+    let (mut stream, _) = cache
+        .find_or_create("k", |w| w.write_all(&[1u8; 1000]))
+        .unwrap();
+    stream.read_to_end(&mut Vec::new()).unwrap();
+    stream.wait().unwrap();
+    drop(stream);
+    cache.run_maintenance();
+    assert_eq!(
+        cache.stats().disk_usage_bytes,
+        1000,
+        "the entry's bytes are seen"
+    );
+    let files = regular_files(&real);
+    assert_eq!(files.len(), 1, "{files:?}");
+    // A file left by a crashed process: old, unknown to the index.
+    let stale = files[0].with_file_name("0123456789abcdef0123-1");
+    fs::write(&stale, b"old").unwrap();
+    make_old(&stale);
+    cache.run_maintenance();
+    assert!(!stale.exists(), "the stale file is reclaimed");
+    assert_eq!(cache.stats().swept_files, 1);
+    assert!(files[0].exists(), "the young entry stays");
+}
