@@ -200,14 +200,6 @@ impl Fs {
             Fs::Ext4 => std::env::temp_dir(),
         }
     }
-
-    pub(crate) fn parse(s: &str) -> Option<Fs> {
-        match s {
-            "tmpfs" | "shm" => Some(Fs::Tmpfs),
-            "ext4" | "tmp" => Some(Fs::Ext4),
-            _ => None,
-        }
-    }
 }
 
 /// The type of the file system holding `path`, as a name.
