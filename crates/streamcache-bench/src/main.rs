@@ -12,6 +12,8 @@
 //! The result is a table on stdout (median, min, max, unit, ratio to the W0 limit) and,
 //! with `--json FILE`, one JSON object per figure. Progress goes to stderr.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod ctx;
 mod data;
