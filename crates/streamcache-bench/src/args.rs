@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::data::{parse_size, GIB, MIB};
 use crate::sys::Fs;
 
-/// Runs the benchmark workloads (WORKLOADS.md) against the cache and against the
+/// Runs the benchmark workloads (docs/BENCHMARKS.md) against the cache and against the
 /// machine's own limits, measured in the same run.
 ///
 /// Progress goes to stderr, the table of figures to stdout.

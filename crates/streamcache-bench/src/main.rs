@@ -1,4 +1,4 @@
-//! `streamcache-bench`: runs the workloads of the benchmark definitions (W0 to W5)
+//! `streamcache-bench`: runs the benchmark workloads W0 to W5 (docs/BENCHMARKS.md)
 //! against the cache and against the machine's own limits, measured in the same run.
 //!
 //! Every workload runs one thrown-away warm-up repetition, then `--reps` measured ones
