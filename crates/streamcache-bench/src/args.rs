@@ -1,45 +1,237 @@
-//! Command-line arguments.
+//! Command-line arguments: what was typed (`Cli`, parsed by clap) becomes the validated
+//! `Options` of a run, with the `--quick` sizes and the defaults filled in.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
 use crate::data::{parse_size, GIB, MIB};
 use crate::sys::Fs;
 
-pub(crate) const USAGE: &str = "\
-usage: streamcache-bench <workload>... [options]
-       streamcache-bench report FILE.json...   (side-by-side table of --json files)
+/// Runs the benchmark workloads (docs/BENCHMARKS.md) against the cache and against the
+/// machine's own limits, measured in the same run.
+///
+/// Progress goes to stderr, the table of figures to stdout.
+#[derive(Debug, Parser)]
+#[command(
+    name = "streamcache-bench",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    args_override_self = true,
+    disable_help_subcommand = true,
+    after_help = "Examples:\n  \
+        streamcache-bench all --fs both --json results.json\n  \
+        streamcache-bench w1 w3 --fs tmpfs --quick --no-idle-wait\n  \
+        streamcache-bench report a.json b.json"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The workloads to run, several at once or comma-separated.
+    #[arg(
+        value_enum,
+        value_delimiter = ',',
+        required = true,
+        value_name = "WORKLOAD"
+    )]
+    workloads: Vec<Workload>,
+    #[command(flatten)]
+    flags: Flags,
+}
 
-workloads (WORKLOADS.md):
-  w0        machine limits: page-cache write and read, memory copy (always run first)
-  w1        fan-out (w1-fanout), zero copy into sockets (w1-zc), peak RSS (w1-rss)
-  w2        late joiners          w3  many small entries (misses, hits)
-  w4        slow reader           w5  git clone storm through the daemon
-  all       all of the above
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the side-by-side table of files written by --json.
+    Report {
+        /// Files written by --json; their figures make one table, with a column group
+        /// per file system.
+        #[arg(required = true, value_name = "FILE.json")]
+        files: Vec<PathBuf>,
+    },
+}
 
-options:
-  --fs tmpfs|ext4|both    file systems to measure on (default both)
-  --json FILE             also write one JSON object per figure (JSON lines)
-  --reps N                measured repetitions after the warm-up (default 3)
-  --size SIZE             S of w1 and w2 (default 1G)
-  --w0-size SIZE          size of the w0 write/read file (default 4G)
-  --w4-size SIZE          S of w4 (default 256M)
-  --w3-keys N             distinct keys of w3 (default 100000)
-  --w3-hot N              hot keys of w3 phase B (default 1000)
-  --readers LIST          N values of w1 (default 1,4,16,64)
-  --rss-sizes LIST        S values of the w1 N=64 peak-RSS runs (default 1G,4G)
-  --w5-repo-mb N          packed size to aim for in the w5 repository (default 120)
-  --w5-clients N          concurrent clones in w5 (default 8)
-  --daemon PATH           the streamcache daemon binary for w5 (default: next to this one)
-  --idle-window SECS      the idle guard waits for this long under 4% CPU (default 9)
-  --idle-timeout SECS     ...but at most this long, then warns (default 120)
-  --no-idle-wait          skip the idle guard (foreign CPU is still recorded)
-  --no-w0                 do not run w0 unless named (no ratios; for profiling one workload)
-  --max-foreign PCT       rerun a repetition in which others used more CPU (default 10)
-  --retries N             reruns of a disturbed repetition (default 2)
-  --quick                 small sizes for a smoke test: S=64M, w0 256M, w4 64M,
-                          w3 10000 keys, rss 64M,256M, w5 20 MB, idle window 2 s
-";
+/// The names a workload can be selected by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// Machine limits: page-cache write and read, memory copy (run first whenever
+    /// another workload but w5 is, unless --no-w0).
+    #[value(name = "w0")]
+    W0,
+    /// Fan-out, zero copy and peak RSS: w1-fanout, w1-zc and w1-rss.
+    #[value(name = "w1")]
+    W1,
+    /// N readers of one key, one producer.
+    #[value(name = "w1-fanout")]
+    W1Fanout,
+    /// The fan-out into sockets, Stream::send_to against read+write.
+    #[value(name = "w1-zc", alias = "zerocopy")]
+    W1ZeroCopy,
+    /// Peak RSS of the fan-out at N=64, in a fresh child process.
+    #[value(name = "w1-rss", alias = "rss")]
+    W1Rss,
+    /// Late joiners.
+    #[value(name = "w2")]
+    W2,
+    /// Many small entries: misses, then hits.
+    #[value(name = "w3")]
+    W3,
+    /// A slow reader: back pressure.
+    #[value(name = "w4")]
+    W4,
+    /// A git clone storm through the daemon.
+    #[value(name = "w5")]
+    W5,
+    /// All of the above.
+    #[value(name = "all")]
+    All,
+}
+
+/// The file systems a run measures on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FsChoice {
+    /// /dev/shm.
+    #[value(alias = "shm")]
+    Tmpfs,
+    /// The system temp dir.
+    #[value(alias = "tmp")]
+    Ext4,
+    /// tmpfs, then ext4.
+    Both,
+}
+
+#[derive(Debug, Args)]
+struct Flags {
+    /// File systems to measure on.
+    #[arg(long, value_enum, value_name = "FS", default_value = "both")]
+    fs: FsChoice,
+    /// Also write one JSON object per figure (JSON lines).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Measured repetitions after the warm-up [default: 3].
+    #[arg(long, value_name = "N", value_parser = count)]
+    reps: Option<usize>,
+    /// S of w1 and w2 [default: 1G; --quick: 64M].
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    size: Option<u64>,
+    /// Size of the w0 write/read file [default: 4G; --quick: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = size_of_a_mib_or_more)]
+    w0_size: Option<u64>,
+    /// S of w4 [default: 256M; --quick: 64M].
+    #[arg(long, value_name = "SIZE", value_parser = size_of_a_mib_or_more)]
+    w4_size: Option<u64>,
+    /// Distinct keys of w3 [default: 100000; --quick: 10000].
+    #[arg(long, value_name = "N", value_parser = count)]
+    w3_keys: Option<usize>,
+    /// Hot keys of w3 phase B [default: 1000].
+    #[arg(long, value_name = "N", value_parser = count)]
+    w3_hot: Option<usize>,
+    /// N values of w1, comma-separated [default: 1,4,16,64].
+    #[arg(long, value_name = "LIST", value_parser = counts)]
+    readers: Option<Counts>,
+    /// S values of the w1 N=64 peak-RSS runs, comma-separated [default: 1G,4G; --quick:
+    /// 64M,256M].
+    #[arg(long, value_name = "LIST", value_parser = sizes)]
+    rss_sizes: Option<Sizes>,
+    /// Packed size to aim for in the w5 repository, in MB [default: 120; --quick: 20].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    w5_repo_mb: Option<u64>,
+    /// Concurrent clones in w5 [default: 8].
+    #[arg(long, value_name = "N", value_parser = count)]
+    w5_clients: Option<usize>,
+    /// The streamcache daemon binary for w5 [default: `streamcache` next to this binary].
+    #[arg(long, value_name = "PATH")]
+    daemon: Option<PathBuf>,
+    /// The idle guard waits until the machine has been under 4% CPU for this long
+    /// [default: 9; --quick: 2].
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    idle_window: Option<Duration>,
+    /// ...but at most this long, then warns and goes on [default: 120; --quick: 10].
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    idle_timeout: Option<Duration>,
+    /// Skip the idle guard (the CPU other processes use is still recorded).
+    #[arg(long)]
+    no_idle_wait: bool,
+    /// Do not run w0 unless named (no ratios; for profiling one workload).
+    #[arg(long)]
+    no_w0: bool,
+    /// Rerun a repetition in which other processes used more than PCT% of the CPU
+    /// [default: 10].
+    #[arg(long, value_name = "PCT", value_parser = percent)]
+    max_foreign: Option<f64>,
+    /// Reruns of a disturbed repetition [default: 2].
+    #[arg(long, value_name = "N")]
+    retries: Option<usize>,
+    /// Small sizes for a smoke test (the defaults marked --quick); explicit values win.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// A comma-separated list of counts, kept whole so that a later `--readers` replaces
+/// an earlier one.
+#[derive(Debug, Clone)]
+struct Counts(Vec<usize>);
+
+/// A comma-separated list of sizes.
+#[derive(Debug, Clone)]
+struct Sizes(Vec<u64>);
+
+fn count(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "expected a whole number above 0".into())
+}
+
+fn counts(s: &str) -> Result<Counts, String> {
+    s.split(',')
+        .map(count)
+        .collect::<Result<_, _>>()
+        .map(Counts)
+}
+
+const SIZE_FORMS: &str = "expected a size such as 1048576, 64K, 256M, 4G or 4GiB";
+
+fn size_at_least(s: &str, min: u64) -> Result<u64, String> {
+    match parse_size(s) {
+        Some(n) if n >= min => Ok(n),
+        Some(_) if min == 1 => Err("expected a size above 0".into()),
+        Some(_) => Err("expected at least 1M".into()),
+        None => Err(SIZE_FORMS.into()),
+    }
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    size_at_least(s, 1)
+}
+
+fn size_of_a_mib_or_more(s: &str) -> Result<u64, String> {
+    size_at_least(s, MIB)
+}
+
+fn sizes(s: &str) -> Result<Sizes, String> {
+    s.split(',')
+        .map(|p| parse_size(p).ok_or_else(|| SIZE_FORMS.to_string()))
+        .collect::<Result<_, _>>()
+        .map(Sizes)
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|&s| s >= 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| "expected seconds, 0 or more".into())
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|&p| p > 0.0)
+        .ok_or_else(|| "expected a percentage above 0".into())
+}
 
 /// A part of a workload that can be selected on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,8 +246,28 @@ pub(crate) enum Part {
     W5,
 }
 
+impl Workload {
+    fn parts(self) -> &'static [Part] {
+        use Part::*;
+        match self {
+            Workload::W0 => &[W0],
+            Workload::W1 => &[W1Fanout, W1ZeroCopy, W1Rss],
+            Workload::W1Fanout => &[W1Fanout],
+            Workload::W1ZeroCopy => &[W1ZeroCopy],
+            Workload::W1Rss => &[W1Rss],
+            Workload::W2 => &[W2],
+            Workload::W3 => &[W3],
+            Workload::W4 => &[W4],
+            Workload::W5 => &[W5],
+            Workload::All => &[W0, W1Fanout, W1ZeroCopy, W1Rss, W2, W3, W4, W5],
+        }
+    }
+}
+
+/// What a run does, every default filled in.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
+    /// Sorted, each once.
     pub(crate) parts: Vec<Part>,
     pub(crate) fs: Vec<Fs>,
     pub(crate) json: Option<PathBuf>,
@@ -74,262 +286,220 @@ pub(crate) struct Options {
     pub(crate) idle_timeout: Duration,
     pub(crate) idle_wait: bool,
     pub(crate) w0_always: bool,
+    /// A share of the machine (0..1), not a percentage.
     pub(crate) max_foreign: f64,
     pub(crate) retries: usize,
-    pub(crate) quick: bool,
 }
 
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            parts: Vec::new(),
-            fs: vec![Fs::Tmpfs, Fs::Ext4],
-            json: None,
-            reps: 3,
-            size: GIB,
-            w0_size: 4 * GIB,
-            w4_size: 256 * MIB,
-            w3_keys: 100_000,
-            w3_hot: 1000,
-            readers: vec![1, 4, 16, 64],
-            rss_sizes: vec![GIB, 4 * GIB],
-            w5_repo_mb: 120,
-            w5_clients: 8,
-            daemon: None,
-            idle_window: Duration::from_secs(9),
-            idle_timeout: Duration::from_secs(120),
-            idle_wait: true,
-            w0_always: true,
-            max_foreign: 0.10,
-            retries: 2,
-            quick: false,
+/// What the command line asks for.
+#[derive(Debug)]
+pub(crate) enum Invocation {
+    /// Run workloads.
+    Run(Box<Options>),
+    /// `report FILE...`: the side-by-side table of `--json` files.
+    Report(Vec<PathBuf>),
+}
+
+impl Cli {
+    pub(crate) fn into_invocation(self) -> Invocation {
+        match self.command {
+            Some(Command::Report { files }) => Invocation::Report(files),
+            None => Invocation::Run(Box::new(options(&self.workloads, self.flags))),
         }
     }
 }
 
-fn parts(name: &str) -> Option<Vec<Part>> {
-    use Part::*;
-    Some(match name {
-        "w0" => vec![W0],
-        "w1" => vec![W1Fanout, W1ZeroCopy, W1Rss],
-        "w1-fanout" => vec![W1Fanout],
-        "w1-zc" | "zerocopy" => vec![W1ZeroCopy],
-        "w1-rss" | "rss" => vec![W1Rss],
-        "w2" => vec![W2],
-        "w3" => vec![W3],
-        "w4" => vec![W4],
-        "w5" => vec![W5],
-        "all" => vec![W0, W1Fanout, W1ZeroCopy, W1Rss, W2, W3, W4, W5],
-        _ => return None,
-    })
+fn options(workloads: &[Workload], f: Flags) -> Options {
+    let mut parts: Vec<Part> = workloads.iter().flat_map(|w| w.parts()).copied().collect();
+    parts.sort();
+    parts.dedup();
+    let quick = f.quick;
+    let secs = Duration::from_secs;
+    Options {
+        parts,
+        fs: match f.fs {
+            FsChoice::Tmpfs => vec![Fs::Tmpfs],
+            FsChoice::Ext4 => vec![Fs::Ext4],
+            FsChoice::Both => vec![Fs::Tmpfs, Fs::Ext4],
+        },
+        json: f.json,
+        reps: f.reps.unwrap_or(3),
+        size: or_default(f.size, quick, GIB, 64 * MIB),
+        w0_size: or_default(f.w0_size, quick, 4 * GIB, 256 * MIB),
+        w4_size: or_default(f.w4_size, quick, 256 * MIB, 64 * MIB),
+        w3_keys: or_default(f.w3_keys, quick, 100_000, 10_000),
+        w3_hot: f.w3_hot.unwrap_or(1000),
+        readers: f.readers.map_or_else(|| vec![1, 4, 16, 64], |c| c.0),
+        rss_sizes: or_default(
+            f.rss_sizes.map(|s| s.0),
+            quick,
+            vec![GIB, 4 * GIB],
+            vec![64 * MIB, 256 * MIB],
+        ),
+        w5_repo_mb: or_default(f.w5_repo_mb, quick, 120, 20),
+        w5_clients: f.w5_clients.unwrap_or(8),
+        daemon: f.daemon,
+        idle_window: or_default(f.idle_window, quick, secs(9), secs(2)),
+        idle_timeout: or_default(f.idle_timeout, quick, secs(120), secs(10)),
+        idle_wait: !f.no_idle_wait,
+        w0_always: !f.no_w0,
+        max_foreign: f.max_foreign.unwrap_or(10.0) / 100.0,
+        retries: f.retries.unwrap_or(2),
+    }
 }
 
-fn list<T>(s: &str, one: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
-    s.split(',').map(|p| one(p.trim())).collect()
-}
-
-/// Parses the arguments after the program name.
-pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut explicit = std::collections::HashSet::new();
-    let mut it = args.iter();
-    let mut quick = false;
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| -> Result<String, String> {
-            explicit.insert(name.to_string());
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        let bad = |name: &str, v: &str| format!("bad value for {name}: {v:?}");
-        match arg.as_str() {
-            "-h" | "--help" => return Err(String::new()),
-            "--fs" => {
-                let v = value("--fs")?;
-                o.fs = match v.as_str() {
-                    "both" => vec![Fs::Tmpfs, Fs::Ext4],
-                    other => vec![Fs::parse(other).ok_or_else(|| bad("--fs", other))?],
-                };
-            }
-            "--json" => o.json = Some(PathBuf::from(value("--json")?)),
-            "--reps" => {
-                let v = value("--reps")?;
-                o.reps = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| bad("--reps", &v))?;
-            }
-            "--size" => {
-                let v = value("--size")?;
-                o.size = parse_size(&v)
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| bad("--size", &v))?;
-            }
-            "--w0-size" => {
-                let v = value("--w0-size")?;
-                o.w0_size = parse_size(&v)
-                    .filter(|&n| n >= MIB)
-                    .ok_or_else(|| bad("--w0-size", &v))?;
-            }
-            "--w4-size" => {
-                let v = value("--w4-size")?;
-                o.w4_size = parse_size(&v)
-                    .filter(|&n| n >= MIB)
-                    .ok_or_else(|| bad("--w4-size", &v))?;
-            }
-            "--w3-keys" => {
-                let v = value("--w3-keys")?;
-                o.w3_keys = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| bad("--w3-keys", &v))?;
-            }
-            "--w3-hot" => {
-                let v = value("--w3-hot")?;
-                o.w3_hot = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| bad("--w3-hot", &v))?;
-            }
-            "--readers" => {
-                let v = value("--readers")?;
-                o.readers = list(&v, |p| p.parse().ok().filter(|&n: &usize| n > 0))
-                    .ok_or_else(|| bad("--readers", &v))?;
-            }
-            "--rss-sizes" => {
-                let v = value("--rss-sizes")?;
-                o.rss_sizes = list(&v, parse_size).ok_or_else(|| bad("--rss-sizes", &v))?;
-            }
-            "--w5-repo-mb" => {
-                let v = value("--w5-repo-mb")?;
-                o.w5_repo_mb = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| bad("--w5-repo-mb", &v))?;
-            }
-            "--w5-clients" => {
-                let v = value("--w5-clients")?;
-                o.w5_clients = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| bad("--w5-clients", &v))?;
-            }
-            "--daemon" => o.daemon = Some(PathBuf::from(value("--daemon")?)),
-            "--idle-window" => {
-                let v = value("--idle-window")?;
-                o.idle_window = Duration::from_secs_f64(
-                    v.parse()
-                        .ok()
-                        .filter(|&s: &f64| s >= 0.0)
-                        .ok_or_else(|| bad("--idle-window", &v))?,
-                );
-            }
-            "--idle-timeout" => {
-                let v = value("--idle-timeout")?;
-                o.idle_timeout = Duration::from_secs_f64(
-                    v.parse()
-                        .ok()
-                        .filter(|&s: &f64| s >= 0.0)
-                        .ok_or_else(|| bad("--idle-timeout", &v))?,
-                );
-            }
-            "--no-idle-wait" => o.idle_wait = false,
-            "--no-w0" => o.w0_always = false,
-            "--max-foreign" => {
-                let v = value("--max-foreign")?;
-                let p: f64 = v
-                    .parse()
-                    .ok()
-                    .filter(|&p: &f64| p > 0.0)
-                    .ok_or_else(|| bad("--max-foreign", &v))?;
-                o.max_foreign = p / 100.0;
-            }
-            "--retries" => {
-                let v = value("--retries")?;
-                o.retries = v.parse().map_err(|_| bad("--retries", &v))?;
-            }
-            "--quick" => quick = true,
-            name if name.starts_with('-') => return Err(format!("unknown option {name}")),
-            name => {
-                for n in name.split(',') {
-                    o.parts
-                        .extend(parts(n).ok_or_else(|| format!("unknown workload {n:?}"))?);
-                }
-            }
-        }
-    }
-    if quick {
-        o.quick = true;
-        let set = |name: &str| !explicit.contains(name);
-        if set("--size") {
-            o.size = 64 * MIB;
-        }
-        if set("--w0-size") {
-            o.w0_size = 256 * MIB;
-        }
-        if set("--w4-size") {
-            o.w4_size = 64 * MIB;
-        }
-        if set("--w3-keys") {
-            o.w3_keys = 10_000;
-        }
-        if set("--rss-sizes") {
-            o.rss_sizes = vec![64 * MIB, 256 * MIB];
-        }
-        if set("--w5-repo-mb") {
-            o.w5_repo_mb = 20;
-        }
-        if set("--idle-window") {
-            o.idle_window = Duration::from_secs(2);
-        }
-        if set("--idle-timeout") {
-            o.idle_timeout = Duration::from_secs(10);
-        }
-    }
-    if o.parts.is_empty() {
-        return Err("name at least one workload".into());
-    }
-    o.parts.sort();
-    o.parts.dedup();
-    Ok(o)
+/// The value given, else the default of a full run or of `--quick`.
+fn or_default<T>(given: Option<T>, quick: bool, full: T, small: T) -> T {
+    given.unwrap_or(if quick { small } else { full })
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    fn parse(s: &str) -> Result<Invocation, clap::Error> {
+        let argv = std::iter::once("streamcache-bench").chain(s.split_whitespace());
+        Cli::try_parse_from(argv).map(Cli::into_invocation)
+    }
+
+    fn run(s: &str) -> Options {
+        match parse(s).unwrap() {
+            Invocation::Run(o) => *o,
+            other => panic!("{s:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn all_selects_every_part_on_both_file_systems_with_workload_defaults() {
-        let o = parse(&args("all")).unwrap();
+        let o = run("all");
         assert_eq!(o.parts.len(), 8);
         assert_eq!(o.fs, vec![Fs::Tmpfs, Fs::Ext4]);
         assert_eq!((o.size, o.w0_size, o.w4_size), (GIB, 4 * GIB, 256 * MIB));
         assert_eq!((o.w3_keys, o.w3_hot, o.reps), (100_000, 1000, 3));
+        assert_eq!(o.readers, vec![1, 4, 16, 64]);
+        assert_eq!(o.rss_sizes, vec![GIB, 4 * GIB]);
+        assert_eq!((o.w5_repo_mb, o.w5_clients, o.retries), (120, 8, 2));
+        assert_eq!(o.idle_window, Duration::from_secs(9));
+        assert_eq!(o.idle_timeout, Duration::from_secs(120));
+        assert!(o.idle_wait && o.w0_always);
+        assert_eq!(o.max_foreign, 0.10);
+        assert_eq!((o.json, o.daemon), (None, None));
+    }
+
+    #[test]
+    fn several_workloads_in_one_invocation_are_sorted_and_merged() {
+        let o = run("w3 w1 --fs both w1-fanout");
+        use Part::*;
+        assert_eq!(o.parts, vec![W1Fanout, W1ZeroCopy, W1Rss, W3]);
+        assert_eq!(o.fs, vec![Fs::Tmpfs, Fs::Ext4]);
+        assert_eq!(run("w5,w2 w0").parts, vec![W0, W2, W5]);
+        assert_eq!(run("zerocopy rss").parts, vec![W1ZeroCopy, W1Rss]);
+        assert_eq!(run("w1-zc w1-rss w4").parts, vec![W1ZeroCopy, W1Rss, W4]);
+    }
+
+    #[test]
+    fn file_systems_are_named_as_before() {
+        assert_eq!(run("w0 --fs tmpfs").fs, vec![Fs::Tmpfs]);
+        assert_eq!(run("w0 --fs shm").fs, vec![Fs::Tmpfs]);
+        assert_eq!(run("w0 --fs ext4").fs, vec![Fs::Ext4]);
+        assert_eq!(run("w0 --fs tmp").fs, vec![Fs::Ext4]);
+        assert!(parse("w0 --fs xfs").is_err());
     }
 
     #[test]
     fn quick_shrinks_sizes_but_explicit_values_win() {
-        let o = parse(&args("w1 --quick --size 128M --fs tmpfs")).unwrap();
+        let o = run("w1 --quick --size 128M --fs tmpfs");
         assert_eq!(o.size, 128 * MIB);
         assert_eq!(o.w0_size, 256 * MIB);
         assert_eq!(o.fs, vec![Fs::Tmpfs]);
         assert_eq!(o.parts, vec![Part::W1Fanout, Part::W1ZeroCopy, Part::W1Rss]);
+        assert_eq!((o.w4_size, o.w3_keys, o.w5_repo_mb), (64 * MIB, 10_000, 20));
+        assert_eq!(o.rss_sizes, vec![64 * MIB, 256 * MIB]);
+        assert_eq!(o.idle_window, Duration::from_secs(2));
+        assert_eq!(
+            run("w1 --idle-timeout 30 --quick").idle_timeout,
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
-    fn unknown_workloads_and_options_are_rejected() {
-        assert!(parse(&args("w9")).is_err());
-        assert!(parse(&args("w1 --frobnicate")).is_err());
-        assert!(parse(&args("--fs tmpfs")).is_err());
-        assert!(parse(&args("w1 --reps 0")).is_err());
+    fn every_option_is_read() {
+        let o = run(
+            "w1 --json out.json --reps 5 --size 2G --w0-size 1G --w4-size 32M \
+             --w3-keys 500 --w3-hot 50 --readers 2,8 --rss-sizes 1M,2M --w5-repo-mb 30 \
+             --w5-clients 3 --daemon /bin/sc --idle-window 1.5 --idle-timeout 0 \
+             --no-idle-wait --no-w0 --max-foreign 25 --retries 0",
+        );
+        assert_eq!(o.json, Some(PathBuf::from("out.json")));
+        assert_eq!(
+            (o.reps, o.size, o.w0_size, o.w4_size),
+            (5, 2 * GIB, GIB, 32 * MIB)
+        );
+        assert_eq!((o.w3_keys, o.w3_hot), (500, 50));
+        assert_eq!(o.readers, vec![2, 8]);
+        assert_eq!(o.rss_sizes, vec![MIB, 2 * MIB]);
+        assert_eq!((o.w5_repo_mb, o.w5_clients), (30, 3));
+        assert_eq!(o.daemon, Some(PathBuf::from("/bin/sc")));
+        assert_eq!(o.idle_window, Duration::from_millis(1500));
+        assert_eq!(o.idle_timeout, Duration::ZERO);
+        assert!(!o.idle_wait && !o.w0_always);
+        assert_eq!((o.max_foreign, o.retries), (0.25, 0));
+    }
+
+    #[test]
+    fn a_later_value_replaces_an_earlier_one() {
+        let o = run("w1 --readers 1,4 --readers 16 --reps 2 --reps 4");
+        assert_eq!((o.readers, o.reps), (vec![16], 4));
+    }
+
+    #[test]
+    fn report_takes_the_files_to_compare() {
+        match parse("report a.json b.json").unwrap() {
+            Invocation::Report(files) => {
+                assert_eq!(
+                    files,
+                    vec![PathBuf::from("a.json"), PathBuf::from("b.json")]
+                )
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse("report").is_err());
+        assert!(parse("report a.json --fs tmpfs").is_err());
+        assert!(parse("w1 report").is_err());
+    }
+
+    #[test]
+    fn unknown_workloads_and_options_and_bad_values_are_rejected() {
+        assert!(parse("").is_err());
+        assert!(parse("w9").is_err());
+        assert!(parse("w1,w9").is_err());
+        assert!(parse("w1 --frobnicate").is_err());
+        assert!(parse("--fs tmpfs").is_err());
+        assert!(parse("w1 --reps 0").is_err());
+        assert!(parse("w1 --size 0").is_err());
+        assert!(parse("w1 --w0-size 512K").is_err());
+        assert!(parse("w1 --w4-size 12X").is_err());
+        assert!(parse("w1 --readers 1,0").is_err());
+        assert!(parse("w1 --idle-window -1").is_err());
+        assert!(parse("w1 --idle-timeout inf").is_err());
+        assert!(parse("w1 --max-foreign 0").is_err());
+        assert!(parse("w1 --w5-repo-mb 0").is_err());
+        assert!(parse("w1 --retries -1").is_err());
+        assert!(parse("w1 --reps").is_err());
+    }
+
+    #[test]
+    fn help_and_version_are_answered_by_clap() {
+        let kind = |s| parse(s).unwrap_err().kind();
+        assert_eq!(kind("--help"), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(kind("-h"), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(kind("--version"), clap::error::ErrorKind::DisplayVersion);
     }
 }

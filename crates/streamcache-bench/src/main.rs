@@ -1,4 +1,4 @@
-//! `streamcache-bench`: runs the workloads of the benchmark definitions (W0 to W5)
+//! `streamcache-bench`: runs the benchmark workloads W0 to W5 (docs/BENCHMARKS.md)
 //! against the cache and against the machine's own limits, measured in the same run.
 //!
 //! Every workload runs one thrown-away warm-up repetition, then `--reps` measured ones
@@ -11,6 +11,8 @@
 //!
 //! The result is a table on stdout (median, min, max, unit, ratio to the W0 limit) and,
 //! with `--json FILE`, one JSON object per figure. Progress goes to stderr.
+
+#![forbid(unsafe_code)]
 
 mod args;
 mod ctx;
@@ -26,12 +28,18 @@ mod w5;
 mod workloads;
 
 use std::io;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::args::Part;
+use clap::Parser;
+
+use crate::args::{Cli, Invocation, Part};
 use crate::ctx::Ctx;
 
 fn main() -> ExitCode {
+    // The bench's own child processes, kept out of clap on purpose: the peak-RSS child
+    // measures its memory from its first instruction, and git runs the `__rusage`
+    // wrapper with arguments of its own.
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("__rusage") {
         return w5::rusage_child(&argv[1..]);
@@ -45,27 +53,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    if argv.first().map(String::as_str) == Some("report") {
-        return match side_by_side(&argv[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let opts = match args::parse(&argv) {
-        Ok(o) => o,
-        Err(msg) => {
-            if msg.is_empty() {
-                print!("{}", args::USAGE);
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error: {msg}\n\n{}", args::USAGE);
-            return ExitCode::from(2);
-        }
+    let result = match Cli::parse().into_invocation() {
+        Invocation::Run(opts) => run(*opts),
+        Invocation::Report(files) => side_by_side(&files),
     };
-    match run(opts) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -75,7 +67,7 @@ fn main() -> ExitCode {
 }
 
 /// `report FILE...`: the side-by-side table of `--json` files.
-fn side_by_side(files: &[String]) -> io::Result<()> {
+fn side_by_side(files: &[PathBuf]) -> io::Result<()> {
     let mut figures = Vec::new();
     for file in files {
         for line in std::fs::read_to_string(file)?.lines() {

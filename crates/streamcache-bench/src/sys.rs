@@ -38,14 +38,11 @@ fn parse_proc_stat(text: &str) -> Option<CpuTicks> {
     })
 }
 
-/// Clock ticks per second (`_SC_CLK_TCK`).
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of `/proc/stat`.
 pub(crate) fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        t => t as f64,
     }
 }
 
@@ -67,24 +64,21 @@ pub(crate) enum Who {
     Children,
 }
 
-/// User plus system CPU seconds from `getrusage`.
+/// User plus system CPU seconds from `getrusage` (0 if it fails). From nix: rustix
+/// has no `getrusage`.
 pub(crate) fn cpu_seconds(who: Who) -> f64 {
-    let one = |w: libc::c_int| {
-        // SAFETY: getrusage writes a plain struct we own; zeroed is a valid rusage.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer to a rusage, valid `who`.
-        let rc = unsafe { libc::getrusage(w, &mut ru) };
-        if rc != 0 {
-            return 0.0;
-        }
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        tv(ru.ru_utime) + tv(ru.ru_stime)
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeVal;
+
+    let one = |w: UsageWho| {
+        let tv = |t: TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        getrusage(w).map_or(0.0, |ru| tv(ru.user_time()) + tv(ru.system_time()))
     };
     match who {
-        Who::ProcessAndChildren => one(libc::RUSAGE_SELF) + one(libc::RUSAGE_CHILDREN),
-        Who::Process => one(libc::RUSAGE_SELF),
-        Who::Thread => one(libc::RUSAGE_THREAD),
-        Who::Children => one(libc::RUSAGE_CHILDREN),
+        Who::ProcessAndChildren => one(UsageWho::RUSAGE_SELF) + one(UsageWho::RUSAGE_CHILDREN),
+        Who::Process => one(UsageWho::RUSAGE_SELF),
+        Who::Thread => one(UsageWho::RUSAGE_THREAD),
+        Who::Children => one(UsageWho::RUSAGE_CHILDREN),
     }
 }
 
@@ -200,29 +194,14 @@ impl Fs {
             Fs::Ext4 => std::env::temp_dir(),
         }
     }
-
-    pub(crate) fn parse(s: &str) -> Option<Fs> {
-        match s {
-            "tmpfs" | "shm" => Some(Fs::Tmpfs),
-            "ext4" | "tmp" => Some(Fs::Ext4),
-            _ => None,
-        }
-    }
 }
 
 /// The type of the file system holding `path`, as a name.
 pub(crate) fn fs_type(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+    let Ok(st) = rustix::fs::statfs(path) else {
         return "unknown".into();
     };
-    // SAFETY: statfs fills a plain struct we own; zeroed is valid for it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid C string, st a valid pointer.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return "unknown".into();
-    }
-    // Magic numbers from statfs(2).
+    // Magic numbers from statfs(2); the field's integer type differs between targets.
     #[allow(clippy::unnecessary_cast)]
     match st.f_type as i64 {
         0x0102_1994 => "tmpfs".into(),
@@ -276,6 +255,32 @@ mod tests {
     #[test]
     fn peak_rss_of_this_process_is_reported() {
         assert!(peak_rss().unwrap() > 0);
+    }
+
+    #[test]
+    fn cpu_seconds_count_this_thread_within_this_process() {
+        let (thread, process) = (cpu_seconds(Who::Thread), cpu_seconds(Who::Process));
+        let t = Instant::now();
+        let mut spent = 0.0;
+        // Spin until the thread has used 10 ms of CPU, however long that takes on a busy
+        // machine; the minute is there only so that a broken getrusage fails the test.
+        while spent < 0.01 && t.elapsed() < Duration::from_secs(60) {
+            spent = std::hint::black_box(cpu_seconds(Who::Thread) - thread);
+        }
+        assert!(spent >= 0.01, "{spent}");
+        assert!(cpu_seconds(Who::Process) - process >= spent);
+        assert!(cpu_seconds(Who::ProcessAndChildren) >= cpu_seconds(Who::Process));
+    }
+
+    #[test]
+    fn clock_ticks_are_the_kernels_user_hz() {
+        let getconf = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output();
+        if let Some(out) = getconf.ok().filter(|o| o.status.success()) {
+            let want: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            assert_eq!(clock_ticks(), want);
+        }
     }
 
     #[test]

@@ -14,8 +14,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
 
 use crate::ctx::{Ctx, Fig, Sample};
 use crate::sys::{self, Fs, Who};
@@ -295,20 +297,20 @@ fn start_daemon(bin: &Path, socket: &Path, cache: &Path, dir: &Path) -> io::Resu
     Err(io::Error::other("daemon did not listen within 10 s"))
 }
 
-fn stop_daemon(mut child: Child) -> io::Result<()> {
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: plain signal to our own child, which we have not reaped yet.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+/// SIGTERM, then SIGKILL if the daemon is still there after 10 s; how it ended.
+fn stop_daemon(mut child: Child) -> io::Result<ExitStatus> {
+    // Our own child, not reaped yet, so its pid is still its own. A failure shows
+    // below as a daemon that does not exit.
+    let _ = kill_process(Pid::from_child(&child), Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if child.try_wait()?.is_some() {
-            return Ok(());
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill()?;
-    child.wait()?;
-    Ok(())
+    child.wait()
 }
 
 fn pack_size(repo: &Path) -> io::Result<u64> {
@@ -449,4 +451,18 @@ fn history(out: &mut impl Write, bytes: u64) -> io::Result<()> {
         }
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_daemon_ends_a_child_with_sigterm() {
+        use std::os::unix::process::ExitStatusExt;
+
+        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let status = stop_daemon(child).unwrap();
+        assert_eq!(status.signal(), Some(Signal::TERM.as_raw()));
+    }
 }

@@ -24,8 +24,8 @@ pub(crate) fn cache(dir: &Path, backpressure: bool) -> io::Result<streamcache::C
     Ok(cache)
 }
 
-/// The reference implementation's figure (WORKLOADS.md) for `what` on `fs`, in the unit
-/// the harness reports.
+/// The reference implementation's figure for `what` on `fs`, in the unit the harness
+/// reports (the table under "The workloads" in docs/BENCHMARKS.md).
 pub(crate) fn reference(what: &str, fs: Fs) -> Option<f64> {
     let (tmpfs, ext4) = match what {
         "w0 write" => (2.87, 3.02),
