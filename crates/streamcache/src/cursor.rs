@@ -3,8 +3,13 @@
 //! The position is an atomic, so the data path reads and raises it without a lock.
 //! Subscribing and unsubscribing are rare; the pipe does them under its own lock, which
 //! keeps them atomic with the decisions that depend on them ("all readers left"). The
-//! cursor only says whether a subscriber *would* be notified; the pipe turns that into
-//! condition-variable and waker notifications.
+//! cursor wakes nobody: [`Cursor::raise`] reports whether someone flagged that they
+//! parked, and the pipe turns that into condition-variable and waker notifications.
+//!
+//! The reference's cursor kept a notification per subscriber; ours needs none (parked
+//! waiters re-check the position). Only the ported reference tests still look at one,
+//! through `Cursor::set` and `Cursor::take_notification`, which exist in test builds
+//! alone.
 
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -12,9 +17,7 @@ use crate::sync::{AtomicBool, AtomicU64, AtomicUsize};
 
 /// A monotonic counter with subscribers.
 ///
-/// * Setting a value at or below the current one changes nothing and notifies nobody.
-/// * Setting a larger value gives every subscriber a pending notification; several
-///   changes coalesce into one.
+/// * Raising it to a value at or below the current one changes nothing.
 /// * The cursor becomes *done* the first time an unsubscribe leaves it with no
 ///   subscribers, and stays done forever, even if new subscribers arrive later.
 #[derive(Debug, Default)]

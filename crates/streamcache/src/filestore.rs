@@ -550,4 +550,41 @@ mod tests {
             "nothing was created through the link"
         );
     }
+
+    #[test]
+    fn removing_an_entry_file_never_follows_a_fan_out_directory_swapped_for_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let store = FileStore::new(tmp.path().join("cache"));
+        let (_, entry) = store.create().unwrap();
+        let fan_out = entry.path().parent().unwrap().to_owned();
+        let name = entry.path().file_name().unwrap().to_owned();
+        // The same name outside, and the fan-out directory replaced by a link to it.
+        fs::write(outside.join(&name), b"keep me").unwrap();
+        fs::rename(&fan_out, tmp.path().join("moved")).unwrap();
+        symlink(&outside, &fan_out).unwrap();
+        let err = entry.remove().unwrap_err();
+        assert_eq!(err.op(), Some(Op::Remove), "{err}");
+        assert!(outside.join(&name).exists(), "nothing outside is removed");
+    }
+
+    #[test]
+    fn opening_a_reader_refuses_a_fifo_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FileStore::new(tmp.path().to_owned());
+        let (_, entry) = store.create().unwrap();
+        fs::remove_file(&**entry.path()).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &**entry.path(),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let err = entry.open_reader().unwrap_err();
+        assert_eq!(err.op(), Some(Op::OpenReader), "{err}");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
 }

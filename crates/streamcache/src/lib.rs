@@ -23,9 +23,21 @@
 //!       +------ waits while it is ahead of the fastest reader -+
 //! ```
 //!
-//! The parts: [`Cache`] (the in-memory index, find-or-create, eviction), a file store
-//! (naming and the sweep of stale files), and a pipe per entry (one writer, many
-//! readers, one file). A [`Stream`] is a reader plus the producer's result.
+//! The parts (`docs/ARCHITECTURE.md` has the arrows between them, the lock order, and
+//! the path of a key and of a byte):
+//!
+//! * [`Cache`]: the in-memory index of entries, find-or-create, eviction, maintenance;
+//! * an **entry** per cached key: it owns its entry file, the tap of its pipe and the
+//!   read handle its readers share;
+//! * the **file store**: creates entry files beneath the root, hands out the value that
+//!   owns each file's name, sweeps stale files, all through directory descriptors;
+//! * a **pipe** per entry with sealed ends: the writer's end (in [`Writer`]), and a
+//!   reader's end per [`Stream`], which adds the producer's result;
+//! * the **runner**: producers on a pool of threads, panics and errors turned into the
+//!   result every reader gets;
+//! * the **bypass**: a producer streaming to one caller through an OS pipe, for keys the
+//!   cache does not hold (yet);
+//! * the **zero-copy engine** behind [`Stream::send_to`].
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -97,12 +109,36 @@
 //! `tokio::io::AsyncRead` and has [`Stream::wait_async`]. [`Stream::send_to`] copies into
 //! a socket, pipe or file with `sendfile(2)` and `splice(2)`, never through user space.
 //!
+//! # Where this differs from the reference
+//!
+//! The behaviour follows Gitaly's Go package `streamcache`. These differences are
+//! deliberate:
+//!
+//! * **No torn writes.** A write call that fails halfway publishes none of its bytes;
+//!   the reference publishes the part that reached the file.
+//! * **Sticky write failures.** After a failed write the entry is never served as
+//!   complete, even if the producer ignores the error and returns `Ok`.
+//! * **A failed entry's file goes at once**, not when the sweep finds it: after a full
+//!   disk, the space comes back right away.
+//! * **A panicking producer never crashes the process**, with the same `panic: …`
+//!   result as the reference, also for producers that bypass the cache.
+//! * **Nothing below the root is reached through a link**, and a FIFO or other
+//!   non-regular file under an entry's name never blocks a lookup.
+//! * **Lookups say what happened**: [`Cache::lookup`] says whether a call hit, missed or
+//!   bypassed the cache.
+//! * **Readers share one read handle** per entry and the cache keeps recent handles
+//!   open, so a hit usually costs no `open(2)`.
+//! * **Async readers** (`tokio` feature) and **zero copy** with `splice(2)` as well as
+//!   `sendfile(2)`.
+//! * **Errors print each cause once**: `Display` says what failed, `source()` why.
+//!
 //! # Features
 //!
 //! | feature | what it adds |
 //! |---|---|
 //! | `tokio` | `AsyncRead` for [`Stream`], [`Stream::wait_async`] |
 //! | `serde` | `Deserialize` for [`Settings`] |
+//! | `testing` | `testing::LoggingCache`, a wrapper that records every lookup, for tests of code that uses the cache |
 
 #![forbid(unsafe_code)]
 
