@@ -3,8 +3,11 @@
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::stream::Stream;
 use crate::sync::{lock, Mutex};
-use crate::{Cache, Error, Result, Stream, Writer};
+use crate::writer::Writer;
 
 /// One lookup seen by a [`LoggingCache`].
 #[derive(Debug, Clone)]

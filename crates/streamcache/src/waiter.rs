@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering::SeqCst;
 
+use crate::error::Error;
 use crate::sync::{lock, AtomicBool, Condvar, Mutex};
-use crate::Error;
 
 type Outcome = Result<(), Error>;
 

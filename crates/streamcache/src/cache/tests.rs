@@ -10,9 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{Cache, CreateHook, Entry, Flavor, Shared};
+use crate::config::Config;
+use crate::error::{Error, Op};
 use crate::filestore::FileStore;
 use crate::sync::lock;
-use crate::{Config, Error, Op};
 
 const MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -76,14 +77,18 @@ fn files_under(root: &Path) -> usize {
         .sum()
 }
 
-fn fetch_text(cache: &Cache, key: &str, content: &'static str) -> crate::Result<(String, bool)> {
+fn fetch_text(
+    cache: &Cache,
+    key: &str,
+    content: &'static str,
+) -> crate::error::Result<(String, bool)> {
     let mut out = Vec::new();
     let (n, created) = cache.fetch(key, &mut out, move |w| w.write_all(content.as_bytes()))?;
     assert_eq!(n, out.len() as u64);
     Ok((String::from_utf8(out).unwrap(), created))
 }
 
-fn read_text(stream: &mut crate::Stream) -> io::Result<String> {
+fn read_text(stream: &mut crate::stream::Stream) -> io::Result<String> {
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     Ok(text)
@@ -203,7 +208,7 @@ fn a_file_that_cannot_be_opened_for_reading_fails_the_lookup(backpressure: bool)
 /// A producer failure and what the first fetch must say about it.
 fn a_failed_producer_is_reported_and_the_next_fetch_starts_afresh(
     backpressure: bool,
-    producer: impl FnOnce(&mut crate::Writer) -> io::Result<()> + Send + 'static,
+    producer: impl FnOnce(&mut crate::writer::Writer) -> io::Result<()> + Send + 'static,
     message: &str,
 ) {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use loom::thread;
 
 use super::{Core, Readable};
 use crate::cursor::Subscription;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Opens `n` readers on the main thread, so they exist before the writer starts.
 fn open_readers(core: &Core, n: usize) -> Vec<Subscription> {

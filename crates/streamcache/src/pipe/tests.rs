@@ -10,8 +10,10 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread::{self, JoinHandle, ScopedJoinHandle};
 
 use super::{channel, Core, Readable, Receiver, Tap};
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::{Error, Result, Stream, Writer};
+use crate::stream::Stream;
+use crate::writer::Writer;
 
 /// Runs one scenario as two tests, with back pressure on and off.
 macro_rules! with_and_without_back_pressure {
