@@ -8,15 +8,15 @@
 //! entry is read instead, so one key has one producer. The producer then runs on a
 //! pool thread ([`crate::runner`]).
 //!
-//! Lock order: the index lock is taken alone (never while opening a file or holding
-//! another lock of the crate), then the kept-handles lock inside it where both are
-//! needed; an entry's and a pipe's locks are never taken under the index lock.
+//! Lock order: the index lock is taken alone, never while opening a file or holding
+//! another lock of the crate, and no other lock is taken under it. The kept-handles
+//! queue's lock is taken alone too, with an entry's kept-handle lock (a leaf) inside.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use crate::admission::Admission;
@@ -80,7 +80,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     admission: Option<Admission>,
     janitor: Mutex<Option<Janitor>>,
-    kept: Arc<KeptFiles>,
+    kept: KeptHandles,
     /// Test hook: replaces file creation in tests of failure paths.
     #[cfg(test)]
     create_hook: Option<CreateHook>,
@@ -101,41 +101,40 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Read handles of recently opened entries, kept open after their last reader left so
-/// that the next hit costs no `open(2)`. Bounded: at most `capacity` descriptors (a
-/// sixteenth of the process's descriptor limit, between 64 and 4096); the oldest goes
-/// first. An entry that leaves the index gives its handle up at once, so the space of
-/// an evicted file is freed as soon as its readers finish.
+/// The bound on kept read handles: entries keep the read handle of their file open
+/// after their last reader left, so that the next hit costs no `open(2)`, and this
+/// queue bounds how many do: at most `capacity` (a sixteenth of the process's
+/// descriptor limit, between 64 and 4096); the oldest gives its handle up first. An
+/// entry that leaves the index gives its handle up at once, so the space of an evicted
+/// file is freed as soon as its readers finish.
 #[derive(Debug)]
-struct KeptFiles {
-    files: Mutex<VecDeque<Arc<File>>>,
+struct KeptHandles {
+    /// Entries that kept a handle, oldest first (some may have given it up since).
+    order: Mutex<VecDeque<Weak<Entry>>>,
     capacity: usize,
 }
 
-impl KeptFiles {
-    fn new() -> KeptFiles {
+impl KeptHandles {
+    fn new() -> KeptHandles {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(1024);
         let capacity = usize::try_from(limit / 16).unwrap_or(4096).clamp(64, 4096);
-        KeptFiles {
-            files: Mutex::new(VecDeque::with_capacity(capacity)),
+        KeptHandles {
+            order: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity,
         }
     }
 
-    fn keep(&self, file: &Arc<File>) {
-        let mut files = lock(&self.files);
-        if files.len() >= self.capacity {
-            files.pop_front();
+    /// `entry` has just kept a new handle.
+    fn kept(&self, entry: &Arc<Entry>) {
+        let mut order = lock(&self.order);
+        if order.len() >= self.capacity {
+            if let Some(oldest) = order.pop_front().and_then(|e| e.upgrade()) {
+                oldest.release_handle();
+            }
         }
-        files.push_back(Arc::clone(file));
-    }
-
-    fn release(&self, entry: &Entry) {
-        if let Some(file) = entry.shared_file() {
-            lock(&self.files).retain(|kept| !Arc::ptr_eq(kept, &file));
-        }
+        order.push_back(Arc::downgrade(entry));
     }
 }
 
@@ -180,7 +179,7 @@ impl Cache {
             metrics: Arc::new(Metrics::default()),
             admission,
             janitor: Mutex::new(None),
-            kept: Arc::new(KeptFiles::new()),
+            kept: KeptHandles::new(),
             #[cfg(test)]
             create_hook,
             #[cfg(test)]
@@ -364,8 +363,8 @@ impl Shared {
             if let Some(entry) = found {
                 match entry.open_reader() {
                     Ok((rx, opened)) => {
-                        if let Some(file) = opened {
-                            self.kept.keep(&file);
+                        if opened {
+                            self.kept.kept(&entry);
                         }
                         self.metrics.add_hits(1);
                         let stream =
@@ -401,8 +400,8 @@ impl Shared {
                 index.insert(key.to_owned(), Arc::clone(&entry));
                 self.metrics.set_index_entries(index.len());
             }
-            if let Some(file) = opened {
-                self.kept.keep(&file);
+            if opened {
+                self.kept.kept(&entry);
             }
             self.metrics.add_misses(1);
             let stream = Stream::entry(rx, Arc::clone(entry.path()), Arc::clone(&self.metrics));
@@ -469,7 +468,7 @@ impl Shared {
                 hook(entry);
             }
             drop(index);
-            self.kept.release(entry);
+            entry.release_handle();
         }
     }
 
@@ -505,7 +504,7 @@ impl Shared {
         self.metrics.add_evicted(expired.len() as u64);
         // Readers and the writer keep their open handles; only the name goes.
         for entry in expired {
-            self.kept.release(&entry);
+            entry.release_handle();
             entry.remove_file();
         }
     }

@@ -5,8 +5,9 @@
 //! is the only place that turns the file into readers, so the rule "a file whose name
 //! is gone gains no readers" lives here.
 //!
-//! Lock order: [`Entry::open_reader`] takes the entry's handle lock inside the pipe's
-//! lock (see [`crate::pipe`]); nothing takes them the other way round.
+//! Lock order: [`Entry::open_reader`] takes the entry's shared-handle lock inside the
+//! pipe's lock (see [`crate::pipe`]), and the kept-handle lock, a leaf, inside that;
+//! nothing takes them the other way round.
 
 use std::fs::File;
 use std::path::Path;
@@ -24,9 +25,12 @@ use crate::waiter::Waiter;
 pub(crate) struct Entry {
     file: EntryFile,
     tap: Tap,
-    /// The read handle shared by the open readers; dead when none is open (unless the
-    /// cache keeps it, see `KeptFiles`).
+    /// The read handle shared by the open readers; dead when no reader has it open and
+    /// it is not kept.
     shared: Mutex<Weak<File>>,
+    /// The read handle, kept open after the last reader left so that the next hit costs
+    /// no `open(2)`; the cache bounds how many entries keep one (`KeptHandles`).
+    kept: Mutex<Option<Arc<File>>>,
     created: Instant,
 }
 
@@ -36,6 +40,7 @@ impl Entry {
             file,
             tap,
             shared: Mutex::new(Weak::new()),
+            kept: Mutex::new(None),
             created: Instant::now(),
         }
     }
@@ -49,15 +54,16 @@ impl Entry {
         self.file.path()
     }
 
-    /// Opens a reader at byte 0. Also returns the read handle if this call opened a new
-    /// one (the caller may keep it open for later hits).
+    /// Opens a reader at byte 0. Also returns whether this call opened a new read handle,
+    /// which the entry then keeps open for later hits (the caller counts it against its
+    /// bound and may [`Entry::release_handle`] it).
     ///
     /// # Errors
     ///
     /// [`crate::Error::ReadersGone`] if the entry was abandoned; [`crate::Error::Io`]
     /// if its file cannot be opened (its name is gone, or is no regular file now).
-    pub(crate) fn open_reader(&self) -> Result<(Receiver, Option<Arc<File>>)> {
-        let mut opened = None;
+    pub(crate) fn open_reader(&self) -> Result<(Receiver, bool)> {
+        let mut opened = false;
         let receiver = self.tap.subscribe(|| {
             let mut shared = lock(&self.shared);
             if let Some(file) = shared.upgrade() {
@@ -70,15 +76,22 @@ impl Entry {
             }
             let file = Arc::new(self.file.open_reader()?);
             *shared = Arc::downgrade(&file);
-            opened = Some(Arc::clone(&file));
+            *lock(&self.kept) = Some(Arc::clone(&file));
+            opened = true;
             Ok(file)
         })?;
         Ok((receiver, opened))
     }
 
-    /// The read handle, if a reader or the cache still holds it open.
+    /// The read handle, if a reader or the entry still holds it open.
+    #[cfg(test)]
     pub(crate) fn shared_file(&self) -> Option<Arc<File>> {
         lock(&self.shared).upgrade()
+    }
+
+    /// Closes the kept read handle, if any; open readers keep theirs.
+    pub(crate) fn release_handle(&self) {
+        drop(lock(&self.kept).take());
     }
 
     /// Removes the file's name; open readers read on.
