@@ -18,7 +18,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -177,7 +178,7 @@ fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start a connection thread");
         *lock(&daemon.active) -= 1;
-        daemon.counters.active.fetch_sub(1, Relaxed);
+        daemon.counters.active.fetch_sub(1, Release);
     }
 }
 
@@ -205,7 +206,8 @@ impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         let mut active = lock(&self.0.active);
         *active -= 1;
-        self.0.counters.active.fetch_sub(1, Relaxed);
+        // Release: whoever sees this connection ended sees everything it counted.
+        self.0.counters.active.fetch_sub(1, Release);
         if *active == 0 {
             self.0.idle.notify_all();
         }
