@@ -34,7 +34,10 @@ use crate::producer::{Children, Job};
 use crate::settings::ServeSettings;
 use crate::socket;
 use crate::spill::Spill;
-use crate::wire::{self, Kind, Request, Status, WireError};
+use crate::wire::error::WireError;
+use crate::wire::frame::{frame, read_frame, write_frame, Kind};
+use crate::wire::reply::{encode_response, encode_trailer, Status};
+use crate::wire::request::Request;
 
 /// What every connection thread shares.
 #[derive(Debug)]
@@ -270,7 +273,7 @@ fn handle(daemon: &Daemon, mut stream: UnixStream) {
         return;
     }
     let deadline = Instant::now() + daemon.settings.request_timeout;
-    let first = with_deadline(&stream, deadline).and_then(|()| wire::read_frame(&mut stream));
+    let first = with_deadline(&stream, deadline).and_then(|()| read_frame(&mut stream));
     let (kind, payload) = match first {
         Ok(frame) => frame,
         Err(e) => {
@@ -281,7 +284,7 @@ fn handle(daemon: &Daemon, mut stream: UnixStream) {
     match kind {
         Kind::StatsRequest => {
             let text = metrics::stats_text(daemon);
-            let _ = wire::write_frame(&mut stream, Kind::StatsReply, text.as_bytes());
+            let _ = write_frame(&mut stream, Kind::StatsReply, text.as_bytes());
         }
         Kind::Request => match Request::decode(&payload, &daemon.settings.limits) {
             Ok(request) => serve_request(daemon, stream, pid, request, deadline),
@@ -304,11 +307,7 @@ fn bad_request(daemon: &Daemon, stream: &mut UnixStream, pid: i32, reason: &str)
 
 fn respond(stream: &mut UnixStream, status: Status, message: &str) {
     // The client may be gone already; there is nobody to tell then.
-    let _ = wire::write_frame(
-        stream,
-        Kind::Response,
-        &wire::encode_response(status, message),
-    );
+    let _ = write_frame(stream, Kind::Response, &encode_response(status, message));
 }
 
 fn with_deadline(stream: &UnixStream, deadline: Instant) -> Result<(), WireError> {
@@ -389,12 +388,10 @@ fn serve_request(
     };
     tracing::debug!(program, %status, ?lookup, "serving");
     let started = Instant::now();
-    if let Err(e) = stream.set_read_timeout(None).and_then(|()| {
-        stream.write_all(&wire::frame(
-            Kind::Response,
-            &wire::encode_response(status, ""),
-        ))
-    }) {
+    if let Err(e) = stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.write_all(&frame(Kind::Response, &encode_response(status, ""))))
+    {
         daemon.counters.client_gone.fetch_add(1, Relaxed);
         tracing::debug!(error = %e, "client left before the answer");
         return;
@@ -422,7 +419,7 @@ fn serve_request(
         ok = verdict.is_ok(),
         "served"
     );
-    if let Err(e) = stream.write_all(&wire::frame(Kind::Trailer, &wire::encode_trailer(&verdict))) {
+    if let Err(e) = stream.write_all(&frame(Kind::Trailer, &encode_trailer(&verdict))) {
         daemon.counters.client_gone.fetch_add(1, Relaxed);
         tracing::debug!(error = %e, "client left before the trailer");
     }

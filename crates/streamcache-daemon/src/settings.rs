@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::allow::{AllowList, DEFAULT_RULES};
-use crate::wire::Limits;
+use crate::wire::request::Limits;
 
 /// The default min-occurrences of the daemon. See `docs/DAEMON.md`: a clone storm's
 /// first burst should share one producer, which admission after the first occurrence
