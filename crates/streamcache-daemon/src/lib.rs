@@ -25,6 +25,7 @@ mod server;
 mod settings;
 mod socket;
 mod spill;
+mod state;
 pub mod wire;
 
 pub use cli::main;

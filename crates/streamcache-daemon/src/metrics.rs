@@ -1,32 +1,15 @@
-//! Observability: the daemon's counters, their Prometheus text, the `key=value` form
-//! that `streamcache stats` reads, and a tiny HTTP/1.0 responder for `/metrics`.
+//! Observability: the daemon's counters (kept in `state`) as Prometheus text, the
+//! `key=value` form that `streamcache stats` reads, and a tiny HTTP/1.0 responder for
+//! `/metrics`.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::server::Daemon;
-
-/// Counters the daemon keeps on top of the library's.
-///
-/// A connection's thread takes itself out of `active` (with `Release`) after it has
-/// counted everything else, and a snapshot reads `active` first (with `Acquire`): a
-/// snapshot that shows a connection as ended holds all of that connection's counts.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) connections: AtomicU64,
-    pub(crate) active: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) bad_requests: AtomicU64,
-    pub(crate) peer_refused: AtomicU64,
-    pub(crate) client_gone: AtomicU64,
-    pub(crate) busy: AtomicU64,
-}
+use crate::state::Daemon;
 
 /// One metric: its name, type, help, and the `key=value` name it has in stats replies.
 struct Metric {
@@ -37,8 +20,8 @@ struct Metric {
 }
 
 fn metrics(daemon: &Daemon) -> Vec<Metric> {
-    // First: see `Counters`.
-    let active = daemon.counters.active.load(Acquire);
+    // First: see `Daemon::connections_active`.
+    let active = daemon.connections_active();
     let s = daemon.cache.stats();
     let c = &daemon.counters;
     let m = |name, kind, help, value| Metric {

@@ -19,8 +19,8 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Relaxed, Release};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -29,27 +29,16 @@ use rustix::process::Signal;
 use streamcache::Cache;
 
 use crate::key::KeyHasher;
-use crate::metrics::{self, Counters};
-use crate::producer::{Children, Job};
+use crate::metrics;
+use crate::producer::Job;
 use crate::settings::ServeSettings;
 use crate::socket;
 use crate::spill::Spill;
+use crate::state::Daemon;
 use crate::wire::error::WireError;
 use crate::wire::frame::{frame, read_frame, write_frame, Kind};
 use crate::wire::reply::{encode_response, encode_trailer, Status};
 use crate::wire::request::Request;
-
-/// What every connection thread shares.
-#[derive(Debug)]
-pub(crate) struct Daemon {
-    pub(crate) cache: Cache,
-    pub(crate) settings: ServeSettings,
-    pub(crate) counters: Counters,
-    pub(crate) children: Arc<Children>,
-    pub(crate) started: Instant,
-    active: Mutex<usize>,
-    idle: Condvar,
-}
 
 /// Runs the daemon until SIGINT or SIGTERM, then stops gracefully.
 pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
@@ -70,15 +59,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     }
     let bound = socket::bind(&settings.socket)?;
     let cache = Cache::new(settings.cache_config()).context("cannot start the cache")?;
-    let daemon = Arc::new(Daemon {
-        cache,
-        settings,
-        counters: Counters::default(),
-        children: Arc::default(),
-        started: Instant::now(),
-        active: Mutex::new(0),
-        idle: Condvar::new(),
-    });
+    let daemon = Arc::new(Daemon::new(cache, settings));
     let mut status = format!("serving on {}", bound.path.display());
     if let Some(addr) = daemon.settings.metrics_listen {
         let listener =
@@ -158,30 +139,22 @@ fn accept_loop(
 
 fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
     daemon.counters.connections.fetch_add(1, Relaxed);
-    {
-        let mut active = lock(&daemon.active);
-        if *active >= daemon.settings.max_connections {
-            drop(active);
-            return turn_away(daemon, stream);
-        }
-        *active += 1;
-    }
-    daemon.counters.active.fetch_add(1, Relaxed);
-    let d = Arc::clone(daemon);
+    let Some(slot) = daemon.admit() else {
+        return turn_away(daemon, stream);
+    };
+    // The thread drops its slot last, after everything the connection counted. If the
+    // thread cannot start, the slot goes with the closure.
     let spawned = std::thread::Builder::new()
         .name("streamcache-conn".into())
         .spawn(move || {
-            let _done = ActiveGuard(&d);
             if let Err(e) = stream.set_nonblocking(false) {
                 tracing::warn!(error = %e, "cannot make the connection blocking");
                 return;
             }
-            handle(&d, stream);
+            handle(slot.daemon(), stream);
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start a connection thread");
-        *lock(&daemon.active) -= 1;
-        daemon.counters.active.fetch_sub(1, Release);
     }
 }
 
@@ -203,45 +176,15 @@ fn turn_away(daemon: &Daemon, mut stream: UnixStream) {
     }
 }
 
-struct ActiveGuard<'a>(&'a Daemon);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        let mut active = lock(&self.0.active);
-        *active -= 1;
-        // Release: whoever sees this connection ended sees everything it counted.
-        self.0.counters.active.fetch_sub(1, Release);
-        if *active == 0 {
-            self.0.idle.notify_all();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Waits for connections in flight, up to the grace period, then stops what is left.
 fn shutdown(daemon: &Daemon) {
     let grace = daemon.settings.grace;
     let deadline = Instant::now() + grace;
-    let mut active = lock(&daemon.active);
-    if *active > 0 {
-        tracing::info!(connections = *active, grace = %humantime::format_duration(grace), "waiting for streams in flight");
+    let active = daemon.connections_active();
+    if active > 0 {
+        tracing::info!(connections = active, grace = %humantime::format_duration(grace), "waiting for streams in flight");
     }
-    while *active > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        active = daemon
-            .idle
-            .wait_timeout(active, left)
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0;
-    }
-    let left = *active;
-    drop(active);
+    let left = daemon.wait_idle(deadline);
     if left > 0 || daemon.children.running() > 0 {
         tracing::warn!(
             connections = left,
