@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::chain::Chain;
 use crate::spill::Spill;
 use crate::wire::demux::{Demux, Event, Next};
 use crate::wire::error::WireError;
@@ -283,7 +284,7 @@ impl Relay {
                 return Err(Failure::StdoutClosed);
             }
             if let Err(e) = result {
-                return Err(self.fail(format!("daemon reply: {e}")));
+                return Err(self.fail(format!("daemon reply: {}", Chain(&e))));
             }
             if let Some((status @ (Status::Refused | Status::Error), message)) = &self.status {
                 return Err(Failure::BeforeOutput(format!("daemon {status}: {message}")));
@@ -325,7 +326,7 @@ impl Relay {
                 Ok(n) => {
                     self.wrote_output = true;
                     if let Err(e) = self.demux.skip_stdout(n) {
-                        return Err(self.fail(format!("daemon reply: {e}")));
+                        return Err(self.fail(format!("daemon reply: {}", Chain(&e))));
                     }
                     return Ok(Spliced::Moved);
                 }

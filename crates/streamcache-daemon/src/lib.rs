@@ -16,6 +16,7 @@
 //! property tests. Everything else is reached through [`main`].
 
 mod allow;
+mod chain;
 mod cli;
 mod client;
 mod key;

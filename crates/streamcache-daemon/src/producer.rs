@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+use crate::chain::Chain;
 use crate::spill::Spill;
 use crate::wire::frame::{frame, put_header, Kind, HEADER_LEN, MAX_DATA_PAYLOAD};
 use crate::wire::reply::ExitStatus;
@@ -139,7 +140,8 @@ impl Job {
             }
             Err(e) => {
                 stop(&mut child);
-                tracing::debug!(program, error = %e, "producer stopped; child killed");
+                // The writer's error may carry the library's, with causes of its own.
+                tracing::debug!(program, error = %Chain(&e), "producer stopped; child killed");
                 return Err(e);
             }
         };

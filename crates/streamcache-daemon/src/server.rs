@@ -28,6 +28,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::Signal;
 use streamcache::Cache;
 
+use crate::chain::Chain;
 use crate::key::KeyHasher;
 use crate::metrics;
 use crate::producer::Job;
@@ -220,7 +221,7 @@ fn handle(daemon: &Daemon, mut stream: UnixStream) {
     let (kind, payload) = match first {
         Ok(frame) => frame,
         Err(e) => {
-            bad_request(daemon, &mut stream, pid, &e.to_string());
+            bad_request(daemon, &mut stream, pid, &Chain(&e).to_string());
             return;
         }
     };
@@ -231,7 +232,7 @@ fn handle(daemon: &Daemon, mut stream: UnixStream) {
         }
         Kind::Request => match Request::decode(&payload, &daemon.settings.limits) {
             Ok(request) => serve_request(daemon, stream, pid, request, deadline),
-            Err(e) => bad_request(daemon, &mut stream, pid, &e.to_string()),
+            Err(e) => bad_request(daemon, &mut stream, pid, &Chain(&e).to_string()),
         },
         other => bad_request(
             daemon,
@@ -296,7 +297,10 @@ fn serve_request(
     let mut hasher = KeyHasher::new(&request, cwd.as_os_str().as_bytes());
     let stdin = match read_stdin(&mut stream, &request, &mut hasher, daemon, deadline) {
         Ok(stdin) => stdin,
-        Err(e) => return bad_request(daemon, &mut stream, pid, &format!("stdin: {e}")),
+        Err(e) => {
+            let reason = format!("stdin: {}", Chain(&e));
+            return bad_request(daemon, &mut stream, pid, &reason);
+        }
     };
     let key = hasher.finish();
     let job = Job {
@@ -318,6 +322,7 @@ fn serve_request(
         Ok(found) => found,
         Err(e) => {
             daemon.counters.errors.fetch_add(1, Relaxed);
+            let e = Chain(&e);
             tracing::error!(error = %e, "cache lookup failed; the client runs the command itself");
             respond(&mut stream, Status::Error, &format!("cache: {e}"));
             return;
@@ -347,10 +352,11 @@ fn serve_request(
     let verdict = match verdict {
         Err(streamcache::Error::Copy(e)) => {
             daemon.counters.client_gone.fetch_add(1, Relaxed);
-            tracing::debug!(error = %e, bytes = entry.position(), "client left during the stream");
+            tracing::debug!(error = %Chain(e.as_ref()), bytes = entry.position(), "client left during the stream");
             return;
         }
-        Err(e) => Err(e.to_string()),
+        // The trailer carries the causes too: the client prints it as it is.
+        Err(e) => Err(Chain(&e).to_string()),
         Ok(()) => Ok(()),
     };
     tracing::info!(

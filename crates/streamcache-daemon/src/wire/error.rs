@@ -55,8 +55,10 @@ pub enum WireError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// Reading or writing the socket failed.
-    #[error("{0}")]
+    /// Reading or writing the socket failed. Displays as the I/O error itself, whose
+    /// causes are its own (`source()` is the I/O error's source, never the I/O error
+    /// again, so a chain prints it once).
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -64,5 +66,18 @@ impl WireError {
     /// A field with a value it may not have.
     pub(crate) fn invalid(what: &'static str, reason: &'static str) -> WireError {
         WireError::Invalid { what, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_prints_its_text_once_in_a_chain() {
+        let e = WireError::from(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+        assert_eq!(e.to_string(), "reset");
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(format!("{:#}", anyhow::Error::new(e)), "reset");
     }
 }
