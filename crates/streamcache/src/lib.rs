@@ -102,7 +102,6 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `tokio` | `AsyncRead` for [`Stream`], [`Stream::wait_async`] |
-//! | `serde` | `Deserialize` for [`Settings`] |
 
 mod admission;
 mod cache;
@@ -122,7 +121,7 @@ mod writer;
 pub mod testing;
 
 pub use crate::cache::{Cache, Lookup};
-pub use crate::config::{Config, Settings, DEFAULT_MAX_AGE};
+pub use crate::config::{Config, DEFAULT_MAX_AGE};
 pub use crate::error::{Error, Op, Result};
 pub use crate::metrics::Stats;
 pub use crate::stream::Stream;

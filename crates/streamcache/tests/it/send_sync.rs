@@ -1,7 +1,7 @@
 //! The public types can cross threads and tasks. These checks fail at compile time.
 
 use streamcache::testing::{LogEntry, LoggingCache};
-use streamcache::{Cache, Config, Error, Settings, Stats, Stream, Writer};
+use streamcache::{Cache, Config, Error, Stats, Stream, Writer};
 
 fn send_sync<T: Send + Sync>() {}
 
@@ -17,7 +17,6 @@ fn the_public_types_are_send_and_sync() {
     send_sync::<Writer>();
     send_sync::<Error>();
     send_sync::<Config>();
-    send_sync::<Settings>();
     send_sync::<Stats>();
     send_sync::<LoggingCache>();
     send_sync::<LogEntry>();
