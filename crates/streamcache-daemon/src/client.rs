@@ -30,8 +30,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::chain::Chain;
 use crate::spill::Spill;
-use crate::wire::{self, Demux, Event, Kind, Next, Request, Status, WireError};
+use crate::wire::demux::{Demux, Event, Next};
+use crate::wire::error::WireError;
+use crate::wire::frame::{frame, read_frame, write_frame, Kind, MAX_REQUEST_PAYLOAD};
+use crate::wire::reply::{decode_response, ExitStatus, Status};
+use crate::wire::request::{Request, PROTOCOL_VERSION};
 
 /// Environment variables sent along, besides every `GIT_*` one (except the tracing
 /// ones). They decide what git does in the working directory, so they go into the key
@@ -151,7 +156,7 @@ fn through_daemon(
         stdin_len: stdin.len(),
     };
     let payload = request.encode();
-    if payload.len() > wire::MAX_REQUEST_PAYLOAD {
+    if payload.len() > MAX_REQUEST_PAYLOAD {
         return Done::Fallback(format!(
             "the request is too large for the daemon ({} bytes)",
             payload.len()
@@ -167,7 +172,7 @@ fn through_daemon(
         }
     };
     let sent = conn
-        .write_all(&wire::frame(Kind::Request, &payload))
+        .write_all(&frame(Kind::Request, &payload))
         .and_then(|()| stdin.copy_to(&mut conn));
     if let Err(e) = conn.set_read_timeout(Some(ANSWER_TIMEOUT)) {
         return Done::Fallback(format!("socket: {e}"));
@@ -214,7 +219,7 @@ struct Relay {
     demux: Demux,
     wrote_output: bool,
     stderr_open: bool,
-    exit: Option<wire::ExitStatus>,
+    exit: Option<ExitStatus>,
     verdict: Option<Result<(), String>>,
     status: Option<(Status, String)>,
     answered: bool,
@@ -279,7 +284,7 @@ impl Relay {
                 return Err(Failure::StdoutClosed);
             }
             if let Err(e) = result {
-                return Err(self.fail(format!("daemon reply: {e}")));
+                return Err(self.fail(format!("daemon reply: {}", Chain(&e))));
             }
             if let Some((status @ (Status::Refused | Status::Error), message)) = &self.status {
                 return Err(Failure::BeforeOutput(format!("daemon {status}: {message}")));
@@ -321,7 +326,7 @@ impl Relay {
                 Ok(n) => {
                     self.wrote_output = true;
                     if let Err(e) = self.demux.skip_stdout(n) {
-                        return Err(self.fail(format!("daemon reply: {e}")));
+                        return Err(self.fail(format!("daemon reply: {}", Chain(&e))));
                     }
                     return Ok(Spliced::Moved);
                 }
@@ -424,8 +429,8 @@ pub(crate) fn fetch_stats(socket: &Path) -> anyhow::Result<String> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     // A daemon that refuses us answers without reading the request, and may have
     // closed before it is sent: its answer is still there to read, and says more.
-    let sent = wire::write_frame(&mut conn, Kind::StatsRequest, &[wire::PROTOCOL_VERSION]);
-    let (kind, payload) = match (wire::read_frame(&mut conn), sent) {
+    let sent = write_frame(&mut conn, Kind::StatsRequest, &[PROTOCOL_VERSION]);
+    let (kind, payload) = match (read_frame(&mut conn), sent) {
         (Ok(frame), _) => frame,
         (Err(_), Err(e)) => return Err(e).context("sending the request"),
         (Err(e), Ok(())) => return Err(e).context("reading the daemon's reply"),
@@ -433,7 +438,7 @@ pub(crate) fn fetch_stats(socket: &Path) -> anyhow::Result<String> {
     match kind {
         Kind::StatsReply => Ok(String::from_utf8_lossy(&payload).into_owned()),
         Kind::Response => {
-            let (status, message) = wire::decode_response(&payload)?;
+            let (status, message) = decode_response(&payload)?;
             anyhow::bail!("daemon {status}: {message}")
         }
         other => anyhow::bail!("unexpected {other:?} frame from the daemon"),

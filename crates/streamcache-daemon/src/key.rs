@@ -8,7 +8,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::wire::Request;
+use crate::wire::request::Request;
 
 /// Changes whenever the key encoding or the entry format changes.
 const FORMAT_TAG: &[u8] = b"streamcache-daemon key v1";

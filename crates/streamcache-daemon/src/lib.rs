@@ -16,6 +16,7 @@
 //! property tests. Everything else is reached through [`main`].
 
 mod allow;
+mod chain;
 mod cli;
 mod client;
 mod key;
@@ -25,6 +26,7 @@ mod server;
 mod settings;
 mod socket;
 mod spill;
+mod state;
 pub mod wire;
 
 pub use cli::main;

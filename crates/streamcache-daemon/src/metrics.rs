@@ -1,27 +1,15 @@
-//! Observability: the daemon's counters, their Prometheus text, the `key=value` form
-//! that `streamcache stats` reads, and a tiny HTTP/1.0 responder for `/metrics`.
+//! Observability: the daemon's counters (kept in `state`) as Prometheus text, the
+//! `key=value` form that `streamcache stats` reads, and a tiny HTTP/1.0 responder for
+//! `/metrics`.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::server::Daemon;
-
-/// Counters the daemon keeps on top of the library's.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) connections: AtomicU64,
-    pub(crate) active: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) bad_requests: AtomicU64,
-    pub(crate) peer_refused: AtomicU64,
-    pub(crate) client_gone: AtomicU64,
-    pub(crate) busy: AtomicU64,
-}
+use crate::state::Daemon;
 
 /// One metric: its name, type, help, and the `key=value` name it has in stats replies.
 struct Metric {
@@ -32,6 +20,8 @@ struct Metric {
 }
 
 fn metrics(daemon: &Daemon) -> Vec<Metric> {
+    // First: see `Daemon::connections_active`.
+    let active = daemon.connections_active();
     let s = daemon.cache.stats();
     let c = &daemon.counters;
     let m = |name, kind, help, value| Metric {
@@ -53,7 +43,7 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
         m("streamcache_disk_usage_bytes", "gauge", "Bytes in the cache directory at the last sweep.", s.disk_usage_bytes),
         m("streamcache_swept_files_total", "counter", "Files removed by the directory sweep.", s.swept_files),
         m("streamcache_connections_total", "counter", "Connections accepted.", c.connections.load(Relaxed)),
-        m("streamcache_connections_active", "gauge", "Connections being served.", c.active.load(Relaxed)),
+        m("streamcache_connections_active", "gauge", "Connections being served.", active),
         m("streamcache_refused_total", "counter", "Requests refused by the allow-list.", c.refused.load(Relaxed)),
         m("streamcache_peer_refused_total", "counter", "Connections refused because of the peer's uid.", c.peer_refused.load(Relaxed)),
         m("streamcache_bad_requests_total", "counter", "Requests that could not be decoded or read in time.", c.bad_requests.load(Relaxed)),
@@ -69,24 +59,25 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
 /// The Prometheus text exposition of the daemon's metrics.
 pub(crate) fn prometheus(daemon: &Daemon) -> String {
     let mut out = String::new();
-    let s = daemon.cache.stats();
-    let refused = daemon.counters.refused.load(Relaxed);
+    let all = metrics(daemon);
+    let value = |name: &str| all.iter().find(|m| m.name == name).map_or(0, |m| m.value);
     let _ = writeln!(
         out,
         "# HELP streamcache_lookups_total Requests by how the cache answered them.\n# TYPE streamcache_lookups_total counter"
     );
-    for (result, value) in [
-        ("hit", s.hits),
-        ("miss", s.misses),
-        ("bypass", s.bypassed),
-        ("refused", refused),
+    for (result, name) in [
+        ("hit", "streamcache_hits_total"),
+        ("miss", "streamcache_misses_total"),
+        ("bypass", "streamcache_bypassed_total"),
+        ("refused", "streamcache_refused_total"),
     ] {
         let _ = writeln!(
             out,
-            "streamcache_lookups_total{{result=\"{result}\"}} {value}"
+            "streamcache_lookups_total{{result=\"{result}\"}} {}",
+            value(name)
         );
     }
-    for m in metrics(daemon) {
+    for m in all {
         let _ = writeln!(
             out,
             "# HELP {} {}\n# TYPE {} {}",

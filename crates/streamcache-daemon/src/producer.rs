@@ -30,8 +30,10 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+use crate::chain::Chain;
 use crate::spill::Spill;
-use crate::wire::{self, ExitStatus, Kind, HEADER_LEN, MAX_DATA_PAYLOAD};
+use crate::wire::frame::{frame, put_header, Kind, HEADER_LEN, MAX_DATA_PAYLOAD};
+use crate::wire::reply::ExitStatus;
 
 /// The children the daemon is running, so that a shutdown can stop them.
 #[derive(Debug, Default)]
@@ -138,7 +140,8 @@ impl Job {
             }
             Err(e) => {
                 stop(&mut child);
-                tracing::debug!(program, error = %e, "producer stopped; child killed");
+                // The writer's error may carry the library's, with causes of its own.
+                tracing::debug!(program, error = %Chain(&e), "producer stopped; child killed");
                 return Err(e);
             }
         };
@@ -147,7 +150,7 @@ impl Job {
             (None, Some(signal)) => ExitStatus::Signal(signal),
             (None, None) => ExitStatus::Code(-1),
         };
-        w.write_all(&wire::frame(Kind::Exit, &exit.encode()))?;
+        w.write_all(&frame(Kind::Exit, &exit.encode()))?;
         if exit.success() {
             Ok(())
         } else {
@@ -172,8 +175,8 @@ fn timed_out<W: Write>(
     let message = format!(
         "streamcache: killed {program}: it ran longer than the producer timeout ({limit})\n"
     );
-    w.write_all(&wire::frame(Kind::Stderr, message.as_bytes()))?;
-    w.write_all(&wire::frame(
+    w.write_all(&frame(Kind::Stderr, message.as_bytes()))?;
+    w.write_all(&frame(
         Kind::Exit,
         &ExitStatus::Signal(Signal::KILL.as_raw()).encode(),
     ))?;
@@ -303,7 +306,7 @@ fn pump<W: Write>(
             let header: &mut [u8; HEADER_LEN] = (&mut buf[..HEADER_LEN])
                 .try_into()
                 .expect("the buffer starts with a header's worth of bytes");
-            wire::put_header(header, *kind, n);
+            put_header(header, *kind, n);
             // One write call per frame: the library stores it whole or not at all.
             w.write_all(&buf[..HEADER_LEN + n])?;
         }
@@ -317,7 +320,8 @@ fn pump<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Demux, Event};
+    use crate::wire::demux::{Demux, Event};
+    use crate::wire::reply::{encode_response, Status};
 
     fn job(script: &str, stdin: &[u8]) -> Job {
         let spill = Spill::read_all(&mut &stdin[..], None).unwrap();
@@ -334,10 +338,7 @@ mod tests {
 
     /// Runs the frames through the client's demultiplexer.
     fn demux(entry: &[u8]) -> (Vec<u8>, Vec<u8>, Option<ExitStatus>) {
-        let mut reply = wire::frame(
-            Kind::Response,
-            &wire::encode_response(wire::Status::Miss, ""),
-        );
+        let mut reply = frame(Kind::Response, &encode_response(Status::Miss, ""));
         reply.extend_from_slice(entry);
         let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), None);
         Demux::new()

@@ -18,8 +18,9 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,25 +28,18 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::Signal;
 use streamcache::Cache;
 
+use crate::chain::Chain;
 use crate::key::KeyHasher;
-use crate::metrics::{self, Counters};
-use crate::producer::{Children, Job};
+use crate::metrics;
+use crate::producer::Job;
 use crate::settings::ServeSettings;
 use crate::socket;
 use crate::spill::Spill;
-use crate::wire::{self, Kind, Request, Status, WireError};
-
-/// What every connection thread shares.
-#[derive(Debug)]
-pub(crate) struct Daemon {
-    pub(crate) cache: Cache,
-    pub(crate) settings: ServeSettings,
-    pub(crate) counters: Counters,
-    pub(crate) children: Arc<Children>,
-    pub(crate) started: Instant,
-    active: Mutex<usize>,
-    idle: Condvar,
-}
+use crate::state::Daemon;
+use crate::wire::error::WireError;
+use crate::wire::frame::{frame, read_frame, write_frame, Kind};
+use crate::wire::reply::{encode_response, encode_trailer, Status};
+use crate::wire::request::Request;
 
 /// Runs the daemon until SIGINT or SIGTERM, then stops gracefully.
 pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
@@ -66,15 +60,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     }
     let bound = socket::bind(&settings.socket)?;
     let cache = Cache::new(settings.cache_config()).context("cannot start the cache")?;
-    let daemon = Arc::new(Daemon {
-        cache,
-        settings,
-        counters: Counters::default(),
-        children: Arc::default(),
-        started: Instant::now(),
-        active: Mutex::new(0),
-        idle: Condvar::new(),
-    });
+    let daemon = Arc::new(Daemon::new(cache, settings));
     let mut status = format!("serving on {}", bound.path.display());
     if let Some(addr) = daemon.settings.metrics_listen {
         let listener =
@@ -154,30 +140,22 @@ fn accept_loop(
 
 fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
     daemon.counters.connections.fetch_add(1, Relaxed);
-    {
-        let mut active = lock(&daemon.active);
-        if *active >= daemon.settings.max_connections {
-            drop(active);
-            return turn_away(daemon, stream);
-        }
-        *active += 1;
-    }
-    daemon.counters.active.fetch_add(1, Relaxed);
-    let d = Arc::clone(daemon);
+    let Some(slot) = daemon.admit() else {
+        return turn_away(daemon, stream);
+    };
+    // The thread drops its slot last, after everything the connection counted. If the
+    // thread cannot start, the slot goes with the closure.
     let spawned = std::thread::Builder::new()
         .name("streamcache-conn".into())
         .spawn(move || {
-            let _done = ActiveGuard(&d);
             if let Err(e) = stream.set_nonblocking(false) {
                 tracing::warn!(error = %e, "cannot make the connection blocking");
                 return;
             }
-            handle(&d, stream);
+            handle(slot.daemon(), stream);
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start a connection thread");
-        *lock(&daemon.active) -= 1;
-        daemon.counters.active.fetch_sub(1, Relaxed);
     }
 }
 
@@ -199,44 +177,15 @@ fn turn_away(daemon: &Daemon, mut stream: UnixStream) {
     }
 }
 
-struct ActiveGuard<'a>(&'a Daemon);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        let mut active = lock(&self.0.active);
-        *active -= 1;
-        self.0.counters.active.fetch_sub(1, Relaxed);
-        if *active == 0 {
-            self.0.idle.notify_all();
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Waits for connections in flight, up to the grace period, then stops what is left.
 fn shutdown(daemon: &Daemon) {
     let grace = daemon.settings.grace;
     let deadline = Instant::now() + grace;
-    let mut active = lock(&daemon.active);
-    if *active > 0 {
-        tracing::info!(connections = *active, grace = %humantime::format_duration(grace), "waiting for streams in flight");
+    let active = daemon.connections_active();
+    if active > 0 {
+        tracing::info!(connections = active, grace = %humantime::format_duration(grace), "waiting for streams in flight");
     }
-    while *active > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        active = daemon
-            .idle
-            .wait_timeout(active, left)
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0;
-    }
-    let left = *active;
-    drop(active);
+    let left = daemon.wait_idle(deadline);
     if left > 0 || daemon.children.running() > 0 {
         tracing::warn!(
             connections = left,
@@ -268,22 +217,22 @@ fn handle(daemon: &Daemon, mut stream: UnixStream) {
         return;
     }
     let deadline = Instant::now() + daemon.settings.request_timeout;
-    let first = with_deadline(&stream, deadline).and_then(|()| wire::read_frame(&mut stream));
+    let first = with_deadline(&stream, deadline).and_then(|()| read_frame(&mut stream));
     let (kind, payload) = match first {
         Ok(frame) => frame,
         Err(e) => {
-            bad_request(daemon, &mut stream, pid, &e.to_string());
+            bad_request(daemon, &mut stream, pid, &Chain(&e).to_string());
             return;
         }
     };
     match kind {
         Kind::StatsRequest => {
             let text = metrics::stats_text(daemon);
-            let _ = wire::write_frame(&mut stream, Kind::StatsReply, text.as_bytes());
+            let _ = write_frame(&mut stream, Kind::StatsReply, text.as_bytes());
         }
         Kind::Request => match Request::decode(&payload, &daemon.settings.limits) {
             Ok(request) => serve_request(daemon, stream, pid, request, deadline),
-            Err(e) => bad_request(daemon, &mut stream, pid, &e.to_string()),
+            Err(e) => bad_request(daemon, &mut stream, pid, &Chain(&e).to_string()),
         },
         other => bad_request(
             daemon,
@@ -302,11 +251,7 @@ fn bad_request(daemon: &Daemon, stream: &mut UnixStream, pid: i32, reason: &str)
 
 fn respond(stream: &mut UnixStream, status: Status, message: &str) {
     // The client may be gone already; there is nobody to tell then.
-    let _ = wire::write_frame(
-        stream,
-        Kind::Response,
-        &wire::encode_response(status, message),
-    );
+    let _ = write_frame(stream, Kind::Response, &encode_response(status, message));
 }
 
 fn with_deadline(stream: &UnixStream, deadline: Instant) -> Result<(), WireError> {
@@ -352,7 +297,10 @@ fn serve_request(
     let mut hasher = KeyHasher::new(&request, cwd.as_os_str().as_bytes());
     let stdin = match read_stdin(&mut stream, &request, &mut hasher, daemon, deadline) {
         Ok(stdin) => stdin,
-        Err(e) => return bad_request(daemon, &mut stream, pid, &format!("stdin: {e}")),
+        Err(e) => {
+            let reason = format!("stdin: {}", Chain(&e));
+            return bad_request(daemon, &mut stream, pid, &reason);
+        }
     };
     let key = hasher.finish();
     let job = Job {
@@ -374,13 +322,9 @@ fn serve_request(
         Ok(found) => found,
         Err(e) => {
             daemon.counters.errors.fetch_add(1, Relaxed);
-            // The library's errors say what failed; their source says why.
-            let e = anyhow::Error::new(e);
-            tracing::error!(
-                error = format!("{e:#}"),
-                "cache lookup failed; the client runs the command itself"
-            );
-            respond(&mut stream, Status::Error, &format!("cache: {e:#}"));
+            let e = Chain(&e);
+            tracing::error!(error = %e, "cache lookup failed; the client runs the command itself");
+            respond(&mut stream, Status::Error, &format!("cache: {e}"));
             return;
         }
     };
@@ -392,12 +336,10 @@ fn serve_request(
     };
     tracing::debug!(program, %status, ?lookup, "serving");
     let started = Instant::now();
-    if let Err(e) = stream.set_read_timeout(None).and_then(|()| {
-        stream.write_all(&wire::frame(
-            Kind::Response,
-            &wire::encode_response(status, ""),
-        ))
-    }) {
+    if let Err(e) = stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.write_all(&frame(Kind::Response, &encode_response(status, ""))))
+    {
         daemon.counters.client_gone.fetch_add(1, Relaxed);
         tracing::debug!(error = %e, "client left before the answer");
         return;
@@ -410,10 +352,11 @@ fn serve_request(
     let verdict = match verdict {
         Err(streamcache::Error::Copy(e)) => {
             daemon.counters.client_gone.fetch_add(1, Relaxed);
-            tracing::debug!(error = %e, bytes = entry.position(), "client left during the stream");
+            tracing::debug!(error = %Chain(e.as_ref()), bytes = entry.position(), "client left during the stream");
             return;
         }
-        Err(e) => Err(format!("{:#}", anyhow::Error::new(e))),
+        // The trailer carries the causes too: the client prints it as it is.
+        Err(e) => Err(Chain(&e).to_string()),
         Ok(()) => Ok(()),
     };
     tracing::info!(
@@ -425,7 +368,7 @@ fn serve_request(
         ok = verdict.is_ok(),
         "served"
     );
-    if let Err(e) = stream.write_all(&wire::frame(Kind::Trailer, &wire::encode_trailer(&verdict))) {
+    if let Err(e) = stream.write_all(&frame(Kind::Trailer, &encode_trailer(&verdict))) {
         daemon.counters.client_gone.fetch_add(1, Relaxed);
         tracing::debug!(error = %e, "client left before the trailer");
     }

@@ -10,28 +10,28 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use tempfile::SpooledTempFile;
+
 /// Bytes kept in memory before the buffer moves to a file.
 pub(crate) const MEMORY_LIMIT: usize = 1 << 20;
 
-/// Bytes of stdin, in memory or in an unnamed temporary file.
+/// Bytes of stdin, in memory or in an unnamed temporary file (`tempfile`'s spooled
+/// file, which rolls over past [`MEMORY_LIMIT`]). On top of it: the length, and a
+/// memory-backed descriptor for a child's stdin while the bytes are in memory.
 #[derive(Debug)]
 pub(crate) struct Spill {
-    memory: Vec<u8>,
-    file: Option<File>,
+    spooled: SpooledTempFile,
     len: u64,
-    /// Where the file goes; `None` for the system's temporary directory.
-    dir: Option<PathBuf>,
 }
 
 impl Spill {
     /// An empty buffer that spills into `dir` (or the system's temporary directory).
     pub(crate) fn new(dir: Option<PathBuf>) -> Spill {
-        Spill {
-            memory: Vec::new(),
-            file: None,
-            len: 0,
-            dir,
-        }
+        let spooled = match dir {
+            Some(dir) => SpooledTempFile::new_in(MEMORY_LIMIT, dir),
+            None => SpooledTempFile::new(MEMORY_LIMIT),
+        };
+        Spill { spooled, len: 0 }
     }
 
     /// Reads `r` to its end into a new buffer.
@@ -55,77 +55,56 @@ impl Spill {
 
     /// Copies everything into `w`.
     pub(crate) fn copy_to<W: Write + ?Sized>(&mut self, w: &mut W) -> io::Result<()> {
-        match &mut self.file {
-            None => w.write_all(&self.memory),
-            Some(file) => {
-                file.seek(SeekFrom::Start(0))?;
-                let copied = io::copy(file, w)?;
-                if copied != self.len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "stdin buffer file shrank",
-                    ));
-                }
-                Ok(())
-            }
+        self.spooled.seek(SeekFrom::Start(0))?;
+        let copied = io::copy(&mut self.spooled, w)?;
+        if copied != self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stdin buffer file shrank",
+            ));
         }
+        Ok(())
     }
 
     /// A descriptor positioned at the first byte, to hand to a child as its stdin.
-    pub(crate) fn into_stdio(self) -> io::Result<Stdio> {
-        let fd: OwnedFd = match self.file {
-            Some(mut file) => {
-                file.seek(SeekFrom::Start(0))?;
-                file.into()
-            }
-            None => {
-                let mut file = memory_file(self.dir.as_deref())?;
-                file.write_all(&self.memory)?;
-                file.seek(SeekFrom::Start(0))?;
-                file.into()
-            }
+    pub(crate) fn into_stdio(mut self) -> io::Result<Stdio> {
+        let mut file = match self.memory_file() {
+            Some(memfd) => memfd?,
+            // On disk already (or no memfd): the spooled file's own descriptor.
+            None => self.spooled.into_file()?,
         };
-        Ok(Stdio::from(fd))
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Stdio::from(OwnedFd::from(file)))
     }
 
-    fn spill_to_file(&mut self) -> io::Result<&mut File> {
-        let mut file = match &self.dir {
-            Some(dir) => tempfile::tempfile_in(dir)?,
-            None => tempfile::tempfile()?,
-        };
-        file.write_all(&self.memory)?;
-        self.memory = Vec::new();
-        Ok(self.file.insert(file))
+    /// The bytes still in memory, copied into an anonymous in-memory file (`memfd`),
+    /// so that a small stdin never touches the disk. `None` if they are on disk
+    /// already, or memfd is not available.
+    fn memory_file(&mut self) -> Option<io::Result<File>> {
+        if self.spooled.is_rolled() {
+            return None;
+        }
+        let memfd =
+            rustix::fs::memfd_create("streamcache-stdin", rustix::fs::MemfdFlags::CLOEXEC).ok()?;
+        let mut file = File::from(memfd);
+        Some(
+            self.spooled
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| io::copy(&mut self.spooled, &mut file))
+                .map(|_| file),
+        )
     }
 }
 
 impl Write for Spill {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.file.is_none() && self.memory.len() + buf.len() > MEMORY_LIMIT {
-            self.spill_to_file()?;
-        }
-        match &mut self.file {
-            Some(file) => file.write_all(buf)?,
-            None => self.memory.extend_from_slice(buf),
-        }
-        self.len += buf.len() as u64;
-        Ok(buf.len())
+        let n = self.spooled.write(buf)?;
+        self.len += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// An anonymous in-memory file (`memfd`), or an unnamed temporary file where memfd is
-/// not available.
-fn memory_file(dir: Option<&std::path::Path>) -> io::Result<File> {
-    match rustix::fs::memfd_create("streamcache-stdin", rustix::fs::MemfdFlags::CLOEXEC) {
-        Ok(fd) => Ok(File::from(fd)),
-        Err(_) => match dir {
-            Some(dir) => tempfile::tempfile_in(dir),
-            None => tempfile::tempfile(),
-        },
+        self.spooled.flush()
     }
 }
 
@@ -143,7 +122,7 @@ mod tests {
     fn small_input_stays_in_memory_and_round_trips() {
         let mut spill = Spill::new(None);
         spill.write_all(b"want abc\n--not\n\n").unwrap();
-        assert!(spill.file.is_none());
+        assert!(!spill.spooled.is_rolled());
         assert_eq!(spill.len(), 16);
         assert_eq!(contents(spill), b"want abc\n--not\n\n");
     }
@@ -153,8 +132,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..MEMORY_LIMIT + 12345).map(|i| (i % 251) as u8).collect();
         let spill = Spill::read_all(&mut &data[..], Some(dir.path().to_path_buf())).unwrap();
-        assert!(spill.file.is_some());
-        assert!(spill.memory.is_empty());
+        // Rolled over: the bytes are in the file, and no longer in memory.
+        assert!(spill.spooled.is_rolled());
         assert_eq!(spill.len(), data.len() as u64);
         // The file is unnamed: nothing shows up in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

@@ -100,7 +100,7 @@ pub enum Error {
     /// The configuration is invalid; `field` names the setting.
     #[error("streamcache config: {field}: {reason}")]
     Config {
-        /// The name of the offending setting, as in the TOML form.
+        /// The name of the offending field of [`crate::Config`].
         field: &'static str,
         /// What is wrong with it.
         reason: String,

@@ -137,7 +137,6 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `tokio` | `AsyncRead` for [`Stream`], [`Stream::wait_async`] |
-//! | `serde` | `Deserialize` for [`Settings`] |
 //! | `testing` | `testing::LoggingCache`, a wrapper that records every lookup, for tests of code that uses the cache |
 
 #![forbid(unsafe_code)]
@@ -165,7 +164,7 @@ mod zerocopy;
 pub mod testing;
 
 pub use crate::cache::{Cache, Lookup};
-pub use crate::config::{Config, Settings, DEFAULT_MAX_AGE};
+pub use crate::config::{Config, DEFAULT_MAX_AGE};
 pub use crate::error::{Error, Op, Result};
 pub use crate::metrics::Stats;
 pub use crate::stream::Stream;

@@ -5,8 +5,8 @@
 
 use proptest::prelude::*;
 
-use super::tests::Seen;
 use super::*;
+use crate::wire::demux::tests::Seen;
 
 /// Bytes with no NUL (what `exec` can pass as an argument or value).
 fn no_nul(max: usize) -> impl Strategy<Value = Vec<u8>> {

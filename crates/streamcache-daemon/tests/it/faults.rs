@@ -75,6 +75,11 @@ fn a_disk_that_fills_during_a_miss_fails_every_attached_client_and_serves_nothin
             );
         }
         assert_eq!(daemon.stat("failures_total"), 1);
+        // The failed entry's file was removed when the command failed, before any
+        // client heard of it; its blocks come back once the last handle closes.
+        let entries = tmpfs.path().join("cache/entries");
+        assert!(entries.is_dir(), "{}", entries.display());
+        assert_eq!(files_under(&entries), Vec::<std::path::PathBuf>::new());
 
         // The disk is full to the last byte now. The same request is a miss (the failed
         // entry is never served); its first write fails, so nothing was sent and the

@@ -578,6 +578,20 @@ impl Daemon {
         });
     }
 
+    /// Waits until the daemon has accepted and finished every connection made before
+    /// this call, so that its counters count all of them. Its threads and descriptors
+    /// cannot tell: a connection that a client made (and maybe dropped already) waits in
+    /// the socket's listen queue until the daemon accepts it, and holds neither there.
+    /// The stats request this sends queues behind those connections, and `accept(2)`
+    /// takes the oldest first; so when its reply counts one active connection (itself),
+    /// each earlier one has been accepted and has ended, and the daemon counts a
+    /// connection's end only after everything else it counted for it.
+    pub(crate) fn wait_for_connections_to_end(&self) {
+        wait_until("the daemon has served every connection made so far", || {
+            self.stat("connections_active") == 1
+        });
+    }
+
     /// Kills the daemon with SIGKILL and reaps it.
     pub(crate) fn kill(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");

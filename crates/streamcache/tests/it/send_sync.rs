@@ -1,6 +1,6 @@
 //! The public types can cross threads and tasks. These checks fail at compile time.
 
-use streamcache::{Cache, Config, Error, Settings, Stats, Stream, Writer};
+use streamcache::{Cache, Config, Error, Stats, Stream, Writer};
 
 fn send_sync<T: Send + Sync>() {}
 
@@ -16,7 +16,6 @@ fn the_public_types_are_send_and_sync() {
     send_sync::<Writer>();
     send_sync::<Error>();
     send_sync::<Config>();
-    send_sync::<Settings>();
     send_sync::<Stats>();
     unpin::<Stream>();
 }

@@ -1,0 +1,118 @@
+//! What every connection thread of the daemon shares: the cache, the settings, the
+//! counters, the running commands, and the connections being served.
+//!
+//! `server` changes this state and `metrics` reads it; both depend on this module, and
+//! it depends on neither.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use streamcache::Cache;
+
+use crate::producer::Children;
+use crate::settings::ServeSettings;
+
+/// Counters the daemon keeps on top of the library's.
+///
+/// The connections being served are not among them: [`Daemon`] counts those under a
+/// lock (see [`Daemon::connections_active`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) bad_requests: AtomicU64,
+    pub(crate) peer_refused: AtomicU64,
+    pub(crate) client_gone: AtomicU64,
+    pub(crate) busy: AtomicU64,
+}
+
+/// What every connection thread shares.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub(crate) cache: Cache,
+    pub(crate) settings: ServeSettings,
+    pub(crate) counters: Counters,
+    pub(crate) children: Arc<Children>,
+    pub(crate) started: Instant,
+    /// Connections being served: what `max_connections` limits, and what a stopping
+    /// daemon waits on (`idle` is notified when it reaches 0).
+    active: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Daemon {
+    pub(crate) fn new(cache: Cache, settings: ServeSettings) -> Daemon {
+        Daemon {
+            cache,
+            settings,
+            counters: Counters::default(),
+            children: Arc::default(),
+            started: Instant::now(),
+            active: Mutex::new(0),
+            idle: Condvar::new(),
+        }
+    }
+
+    /// Takes a place among the `max_connections` connections served at once, if one is
+    /// free. The place is given back when the [`Slot`] is dropped.
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let mut active = lock(&self.active);
+        if *active >= self.settings.max_connections {
+            return None;
+        }
+        *active += 1;
+        Some(Slot(Arc::clone(self)))
+    }
+
+    /// Connections being served now. Read it before any counter when taking a snapshot:
+    /// a connection gives its slot back, under the same lock, only after it has counted
+    /// everything else, so a snapshot that shows a connection ended holds all its counts.
+    pub(crate) fn connections_active(&self) -> u64 {
+        *lock(&self.active) as u64
+    }
+
+    /// Waits until no connection is being served, or until `deadline`. Returns how many
+    /// still are.
+    pub(crate) fn wait_idle(&self, deadline: Instant) -> usize {
+        let mut active = lock(&self.active);
+        while *active > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            active = self
+                .idle
+                .wait_timeout(active, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *active
+    }
+}
+
+/// One connection's place among the `max_connections`. The connection's thread owns it
+/// and drops it last, after everything it counted.
+#[derive(Debug)]
+pub(crate) struct Slot(Arc<Daemon>);
+
+impl Slot {
+    pub(crate) fn daemon(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut active = lock(&self.0.active);
+        *active -= 1;
+        if *active == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
