@@ -8,8 +8,14 @@
 //!    entry was complete. A reply that breaks off ends in a non-zero exit: upload-pack
 //!    must never take a truncated pack for a whole one.
 //!
-//! **Fail open.** If the daemon cannot be reached, refuses, or fails before a single
-//! byte of output was relayed, the client runs the command itself: it `exec`s it with
+//! **Whom it trusts.** Right after connecting, before it sends anything, the client
+//! checks who bound the socket (`SO_PEERCRED`): its own user, root, or the configured
+//! `daemon_user`. Anyone else may have bound the path first; the client sends such a
+//! server nothing (the request carries its environment and stdin) and relays none of
+//! its bytes, and runs the command itself.
+//!
+//! **Fail open.** If the daemon cannot be reached or trusted, refuses, or fails before a
+//! single byte of output was relayed, the client runs the command itself: it `exec`s it with
 //! the buffered stdin, so from then on it *is* the command (same exit status, same
 //! signals). It explains why on stderr only with `-v`, because git shows a hook's stderr
 //! to the user as `remote: …`, even for `clone -q`.
@@ -31,6 +37,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::chain::Chain;
+use crate::settings::ClientSettings;
 use crate::spill::Spill;
 use crate::wire::demux::{Demux, Event, Next};
 use crate::wire::error::WireError;
@@ -62,6 +69,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct ExecOptions {
     pub(crate) verbose: bool,
     pub(crate) socket: Option<PathBuf>,
+    pub(crate) daemon_user: Option<String>,
     pub(crate) key: Option<OsString>,
     pub(crate) extra_env: Vec<OsString>,
     pub(crate) command: Vec<OsString>,
@@ -103,13 +111,14 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
         }
     };
     let mut notes = Vec::new();
-    let socket = crate::settings::client_socket(opts.socket.clone(), &mut notes);
+    let client =
+        crate::settings::client_settings(opts.socket.clone(), opts.daemon_user.clone(), &mut notes);
     for note in &notes {
         say(note);
     }
-    let reason = match socket {
+    let reason = match &client.socket {
         None => "no socket path: set --socket".to_owned(),
-        Some(socket) => match through_daemon(&opts, program, args, &socket, &mut stdin) {
+        Some(socket) => match through_daemon(&opts, &client, program, args, socket, &mut stdin) {
             Done::Exit(code) => return code,
             Done::Fallback(reason) => reason,
         },
@@ -131,6 +140,7 @@ enum Done {
 
 fn through_daemon(
     opts: &ExecOptions,
+    client: &ClientSettings,
     program: &OsStr,
     args: &[OsString],
     socket: &Path,
@@ -171,6 +181,9 @@ fn through_daemon(
             ))
         }
     };
+    if let Err(reason) = check_server(&conn, socket, client.daemon_user) {
+        return Done::Fallback(reason);
+    }
     let sent = conn
         .write_all(&frame(Kind::Request, &payload))
         .and_then(|()| stdin.copy_to(&mut conn));
@@ -193,6 +206,24 @@ fn through_daemon(
             Done::Exit(1)
         }
     }
+}
+
+/// Checks who bound the socket before anything is sent: see the module docs.
+fn check_server(conn: &UnixStream, socket: &Path, daemon_user: Option<u32>) -> Result<(), String> {
+    let uid = match crate::socket::peer(conn) {
+        Ok((uid, _)) => uid,
+        Err(e) => return Err(format!("cannot tell who serves {}: {e}", socket.display())),
+    };
+    if crate::socket::server_trusted(uid, daemon_user) {
+        return Ok(());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    Err(format!(
+        "{} is served by uid {uid}, not by us (uid {me}), root or the daemon user ({}); \
+         not trusting it",
+        socket.display(),
+        daemon_user.map_or_else(|| "none configured".to_owned(), |u| format!("uid {u}"))
+    ))
 }
 
 /// Why a relay stopped short.

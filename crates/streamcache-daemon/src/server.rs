@@ -43,6 +43,12 @@ use crate::wire::request::Request;
 
 /// Runs the daemon until SIGINT or SIGTERM, then stops gracefully.
 pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    if let Some(uid) = settings.daemon_user.filter(|&uid| uid != me) {
+        // Clients trust the configured user's sockets; a daemon of anyone else would
+        // be refused by them, or be the wrong daemon.
+        anyhow::bail!("daemon_user: the daemon must run as uid {uid}, not as uid {me}");
+    }
     socket::prepare_dir(&settings.dir, true)?;
     socket::prepare_dir(&settings.entries_dir(), true)?;
     // Signals first: from here on they are queued for the accept loop, never fatal.
