@@ -164,7 +164,9 @@ impl ServeSettings {
             file.allow
                 .unwrap_or_else(|| DEFAULT_RULES.iter().map(|s| s.to_string()).collect())
         };
-        let allow = AllowList::parse(&rules).map_err(|e| anyhow::anyhow!("allow: {e}"))?;
+        // Bare names are resolved now, on the daemon's own PATH: see `allow`.
+        let allow = AllowList::parse(&rules, std::env::var_os("PATH").as_deref())
+            .map_err(|e| anyhow::anyhow!("allow: {e}"))?;
         let grace = match flags.grace.or(file.grace) {
             Some(text) => duration("grace", &text)?,
             None => DEFAULT_GRACE,

@@ -299,11 +299,15 @@ fn extra_key_material_and_forwarded_variables_split_entries() {
 
 #[test]
 fn a_script_on_the_allow_list_runs_in_the_clients_working_directory() {
-    let daemon = Daemon::start(&["--allow", "./where.sh"]);
+    // Named by absolute path: a relative one would be the client's choice (it is
+    // refused, see `security::a_client_chosen_path_cannot_change_which_binary_runs`).
+    let dir = tempfile::tempdir().unwrap();
+    let where_sh = dir.path().join("where.sh");
+    script(&where_sh, "pwd");
+    let daemon = Daemon::start(&["--allow", where_sh.to_str().unwrap()]);
     let work = daemon.dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    script(&work.join("where.sh"), "pwd");
-    let mut cmd = daemon.exec_cmd(false, &["./where.sh"]);
+    let mut cmd = daemon.exec_cmd(false, &[where_sh.to_str().unwrap()]);
     cmd.current_dir(&work);
     let out = crate::support::run_with_stdin(cmd, b"");
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -552,3 +552,78 @@ fn the_daemon_refuses_a_socket_directory_that_others_can_write_even_a_sticky_one
         assert!(!shared.join("s.sock").exists(), "mode {mode:o}");
     }
 }
+
+#[test]
+fn a_client_chosen_path_cannot_change_which_binary_runs() {
+    let daemon = Daemon::start(&["--allow", "git:pack-objects", "--allow", "env"]);
+    let root = daemon.dir.path();
+    let work = root.join("work");
+    let init = Command::new("git")
+        .args(["init", "-q"])
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    // Fakes of both programs, in a directory the client puts first in its PATH and in
+    // the working directory, for a PATH that starts with `.`.
+    let evil = root.join("evil");
+    std::fs::create_dir(&evil).unwrap();
+    let ran = root.join("fakes-ran");
+    for dir in [&evil, &work] {
+        for name in ["git", "env"] {
+            let body = format!("echo {name} >> {}; echo FAKE; exit 0", ran.display());
+            crate::support::script(&dir.join(name), &body);
+        }
+    }
+    let daemons_path = std::env::var("PATH").unwrap();
+    for path in [
+        format!("{}:{daemons_path}", evil.display()),
+        format!(".:{daemons_path}"),
+    ] {
+        // pack-objects as the hook runs it: an empty pack from the real git.
+        let mut cmd = daemon.exec_cmd(true, &["git", "pack-objects", "--stdout"]);
+        cmd.current_dir(&work).env("PATH", &path);
+        let out = run_with_stdin(cmd, b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            out.stdout.starts_with(b"PACK"),
+            "PATH={path}: {:?}",
+            text(&out.stdout)
+        );
+        // The command still gets the client's PATH (git needs it for its helpers).
+        let mut cmd = daemon.exec_cmd(true, &["env"]);
+        cmd.current_dir(&work).env("PATH", &path);
+        let out = run_with_stdin(cmd, b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let printed = text(&out.stdout);
+        assert!(
+            printed.lines().any(|l| l == format!("PATH={path}")),
+            "{printed}"
+        );
+        assert!(!printed.contains("FAKE"), "{printed}");
+    }
+    assert!(
+        !ran.exists(),
+        "a fake ran: {:?}",
+        std::fs::read_to_string(&ran)
+    );
+    assert_eq!(daemon.stat("misses_total"), 4, "each one ran in the daemon");
+}
+
+#[test]
+fn a_relative_program_on_the_allow_list_stops_the_daemon_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(BIN);
+    serve
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--dir")
+        .arg(dir.path().join("cache"))
+        .args(["--allow", "./where.sh"]);
+    let err = serve_refuses_to_start(serve, dir.path());
+    assert!(
+        err.contains("allow: allow rule \"./where.sh\": \"./where.sh\" is a relative path"),
+        "{err}"
+    );
+}
