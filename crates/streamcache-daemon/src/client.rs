@@ -20,6 +20,13 @@
 //! signals). It explains why on stderr only with `-v`, because git shows a hook's stderr
 //! to the user as `remote: …`, even for `clone -q`.
 //!
+//! **A closed stdout or stderr.** Run directly, a command whose stdout (or stderr) is
+//! closed fails to write and exits non-zero; relayed by us into the `/dev/null` the
+//! runtime puts in place of a closed descriptor, it would exit 0 with its output lost.
+//! So when either was closed at start (`main.rs` marks it, see `MARK_CLOSED_STDIO`
+//! there), the client does not use the daemon: it `exec`s the command at once, with
+//! its own stdin, and the command sees the descriptor closed and exits as it would.
+//!
 //! **Signals.** upload-pack sends SIGTERM (or the signal that killed it, often SIGPIPE)
 //! to its hook when it exits. The client keeps the default SIGTERM action (die quietly);
 //! SIGPIPE is ignored, as in every Rust program, so a closed stdout shows up as `EPIPE`
@@ -98,6 +105,13 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
             eprintln!("streamcache: {msg}");
         }
     };
+    if let Some(name) = closed_at_start() {
+        say(&format!(
+            "{name} was closed when streamcache started; running {} directly, with it closed",
+            program.to_string_lossy()
+        ));
+        return run_directly(program, args, None);
+    }
     let mut stdin = match Spill::read_all(&mut io::stdin().lock(), None) {
         Ok(stdin) => stdin,
         // No stdin at all (a closed descriptor): the command gets none either.
@@ -127,7 +141,23 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
         "{reason}; running {} directly",
         program.to_string_lossy()
     ));
-    run_directly(program, args, stdin)
+    run_directly(program, args, Some(stdin))
+}
+
+/// `"stdout"` or `"stderr"` if it was closed when the process started: the binary's
+/// `main.rs` then opened `/dev/null` on it with `FD_CLOEXEC`, a flag no inherited
+/// descriptor has.
+fn closed_at_start() -> Option<&'static str> {
+    let marked = |fd| {
+        rustix::io::fcntl_getfd(fd).is_ok_and(|flags| flags.contains(rustix::io::FdFlags::CLOEXEC))
+    };
+    if marked(rustix::stdio::stdout()) {
+        Some("stdout")
+    } else if marked(rustix::stdio::stderr()) {
+        Some("stderr")
+    } else {
+        None
+    }
 }
 
 /// How a daemon round trip ended.
@@ -431,16 +461,21 @@ fn write_fd(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()>
     Ok(())
 }
 
-/// Becomes the command: `exec` with the buffered stdin. Returns only if that fails.
-fn run_directly(program: &OsStr, args: &[OsString], stdin: Spill) -> i32 {
-    let stdin = match stdin.into_stdio() {
-        Ok(stdin) => stdin,
-        Err(e) => {
-            eprintln!("streamcache: cannot pass stdin on: {e}");
-            return 1;
-        }
-    };
-    let err = Command::new(program).args(args).stdin(stdin).exec();
+/// Becomes the command: `exec` with the buffered stdin, or with our own if there is
+/// none. Returns only if that fails.
+fn run_directly(program: &OsStr, args: &[OsString], stdin: Option<Spill>) -> i32 {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if let Some(stdin) = stdin {
+        match stdin.into_stdio() {
+            Ok(stdin) => cmd.stdin(stdin),
+            Err(e) => {
+                eprintln!("streamcache: cannot pass stdin on: {e}");
+                return 1;
+            }
+        };
+    }
+    let err = cmd.exec();
     eprintln!(
         "streamcache: cannot run {}: {err}",
         program.to_string_lossy()
