@@ -84,6 +84,10 @@ struct ServeArgs {
     /// error, warn, info, debug or trace [default: info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// The user (name or uid) the daemon must run as; it refuses to start as anyone
+    /// else. Clients trust a daemon of this user [default: none].
+    #[arg(long, value_name = "USER")]
+    daemon_user: Option<String>,
     /// More logging: -v is debug, -vv trace (overrides --log-level).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -98,6 +102,10 @@ struct ExecArgs {
     /// the daemon's default].
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Also trust a daemon run by this user (name or uid); a socket bound by anyone but
+    /// us, root or this user is not used [default: the config file's daemon_user].
+    #[arg(long, value_name = "USER")]
+    daemon_user: Option<String>,
     /// Extra material for the cache key (e.g. a tenant or repository id).
     #[arg(long, value_name = "MATERIAL")]
     key: Option<OsString>,
@@ -132,6 +140,7 @@ pub fn main() -> ExitCode {
             let code = client::exec(ExecOptions {
                 verbose: args.verbose,
                 socket: args.socket,
+                daemon_user: args.daemon_user,
                 key: args.key,
                 extra_env: args.env,
                 command: args.command,
@@ -174,6 +183,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_stdin: args.max_stdin,
         max_connections: args.max_connections,
         log_level: level,
+        daemon_user: args.daemon_user,
     };
     let settings = ServeSettings::resolve(file, flags)?;
     tracing_subscriber::fmt()
@@ -190,7 +200,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let mut notes = Vec::new();
-    let socket = crate::settings::client_socket(args.socket, &mut notes)
+    let socket = crate::settings::client_settings(args.socket, None, &mut notes)
+        .socket
         .ok_or_else(|| anyhow::anyhow!("no socket path: pass --socket"))?;
     for note in notes {
         eprintln!("streamcache: {note}");

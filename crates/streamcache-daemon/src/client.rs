@@ -8,11 +8,24 @@
 //!    entry was complete. A reply that breaks off ends in a non-zero exit: upload-pack
 //!    must never take a truncated pack for a whole one.
 //!
-//! **Fail open.** If the daemon cannot be reached, refuses, or fails before a single
-//! byte of output was relayed, the client runs the command itself: it `exec`s it with
+//! **Whom it trusts.** Right after connecting, before it sends anything, the client
+//! checks who bound the socket (`SO_PEERCRED`): its own user, root, or the configured
+//! `daemon_user`. Anyone else may have bound the path first; the client sends such a
+//! server nothing (the request carries its environment and stdin) and relays none of
+//! its bytes, and runs the command itself.
+//!
+//! **Fail open.** If the daemon cannot be reached or trusted, refuses, or fails before a
+//! single byte of output was relayed, the client runs the command itself: it `exec`s it with
 //! the buffered stdin, so from then on it *is* the command (same exit status, same
 //! signals). It explains why on stderr only with `-v`, because git shows a hook's stderr
 //! to the user as `remote: …`, even for `clone -q`.
+//!
+//! **A closed stdout or stderr.** Run directly, a command whose stdout (or stderr) is
+//! closed fails to write and exits non-zero; relayed by us into the `/dev/null` the
+//! runtime puts in place of a closed descriptor, it would exit 0 with its output lost.
+//! So when either was closed at start (`main.rs` marks it, see `MARK_CLOSED_STDIO`
+//! there), the client does not use the daemon: it `exec`s the command at once, with
+//! its own stdin, and the command sees the descriptor closed and exits as it would.
 //!
 //! **Signals.** upload-pack sends SIGTERM (or the signal that killed it, often SIGPIPE)
 //! to its hook when it exits. The client keeps the default SIGTERM action (die quietly);
@@ -31,6 +44,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::chain::Chain;
+use crate::settings::ClientSettings;
 use crate::spill::Spill;
 use crate::wire::demux::{Demux, Event, Next};
 use crate::wire::error::WireError;
@@ -62,6 +76,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct ExecOptions {
     pub(crate) verbose: bool,
     pub(crate) socket: Option<PathBuf>,
+    pub(crate) daemon_user: Option<String>,
     pub(crate) key: Option<OsString>,
     pub(crate) extra_env: Vec<OsString>,
     pub(crate) command: Vec<OsString>,
@@ -90,6 +105,13 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
             eprintln!("streamcache: {msg}");
         }
     };
+    if let Some(name) = closed_at_start() {
+        say(&format!(
+            "{name} was closed when streamcache started; running {} directly, with it closed",
+            program.to_string_lossy()
+        ));
+        return run_directly(program, args, None);
+    }
     let mut stdin = match Spill::read_all(&mut io::stdin().lock(), None) {
         Ok(stdin) => stdin,
         // No stdin at all (a closed descriptor): the command gets none either.
@@ -103,13 +125,14 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
         }
     };
     let mut notes = Vec::new();
-    let socket = crate::settings::client_socket(opts.socket.clone(), &mut notes);
+    let client =
+        crate::settings::client_settings(opts.socket.clone(), opts.daemon_user.clone(), &mut notes);
     for note in &notes {
         say(note);
     }
-    let reason = match socket {
+    let reason = match &client.socket {
         None => "no socket path: set --socket".to_owned(),
-        Some(socket) => match through_daemon(&opts, program, args, &socket, &mut stdin) {
+        Some(socket) => match through_daemon(&opts, &client, program, args, socket, &mut stdin) {
             Done::Exit(code) => return code,
             Done::Fallback(reason) => reason,
         },
@@ -118,7 +141,23 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
         "{reason}; running {} directly",
         program.to_string_lossy()
     ));
-    run_directly(program, args, stdin)
+    run_directly(program, args, Some(stdin))
+}
+
+/// `"stdout"` or `"stderr"` if it was closed when the process started: the binary's
+/// `main.rs` then opened `/dev/null` on it with `FD_CLOEXEC`, a flag no inherited
+/// descriptor has.
+fn closed_at_start() -> Option<&'static str> {
+    let marked = |fd| {
+        rustix::io::fcntl_getfd(fd).is_ok_and(|flags| flags.contains(rustix::io::FdFlags::CLOEXEC))
+    };
+    if marked(rustix::stdio::stdout()) {
+        Some("stdout")
+    } else if marked(rustix::stdio::stderr()) {
+        Some("stderr")
+    } else {
+        None
+    }
 }
 
 /// How a daemon round trip ended.
@@ -131,6 +170,7 @@ enum Done {
 
 fn through_daemon(
     opts: &ExecOptions,
+    client: &ClientSettings,
     program: &OsStr,
     args: &[OsString],
     socket: &Path,
@@ -171,6 +211,9 @@ fn through_daemon(
             ))
         }
     };
+    if let Err(reason) = check_server(&conn, socket, client.daemon_user) {
+        return Done::Fallback(reason);
+    }
     let sent = conn
         .write_all(&frame(Kind::Request, &payload))
         .and_then(|()| stdin.copy_to(&mut conn));
@@ -193,6 +236,24 @@ fn through_daemon(
             Done::Exit(1)
         }
     }
+}
+
+/// Checks who bound the socket before anything is sent: see the module docs.
+fn check_server(conn: &UnixStream, socket: &Path, daemon_user: Option<u32>) -> Result<(), String> {
+    let uid = match crate::socket::peer(conn) {
+        Ok((uid, _)) => uid,
+        Err(e) => return Err(format!("cannot tell who serves {}: {e}", socket.display())),
+    };
+    if crate::socket::server_trusted(uid, daemon_user) {
+        return Ok(());
+    }
+    let me = rustix::process::geteuid().as_raw();
+    Err(format!(
+        "{} is served by uid {uid}, not by us (uid {me}), root or the daemon user ({}); \
+         not trusting it",
+        socket.display(),
+        daemon_user.map_or_else(|| "none configured".to_owned(), |u| format!("uid {u}"))
+    ))
 }
 
 /// Why a relay stopped short.
@@ -400,16 +461,21 @@ fn write_fd(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()>
     Ok(())
 }
 
-/// Becomes the command: `exec` with the buffered stdin. Returns only if that fails.
-fn run_directly(program: &OsStr, args: &[OsString], stdin: Spill) -> i32 {
-    let stdin = match stdin.into_stdio() {
-        Ok(stdin) => stdin,
-        Err(e) => {
-            eprintln!("streamcache: cannot pass stdin on: {e}");
-            return 1;
-        }
-    };
-    let err = Command::new(program).args(args).stdin(stdin).exec();
+/// Becomes the command: `exec` with the buffered stdin, or with our own if there is
+/// none. Returns only if that fails.
+fn run_directly(program: &OsStr, args: &[OsString], stdin: Option<Spill>) -> i32 {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if let Some(stdin) = stdin {
+        match stdin.into_stdio() {
+            Ok(stdin) => cmd.stdin(stdin),
+            Err(e) => {
+                eprintln!("streamcache: cannot pass stdin on: {e}");
+                return 1;
+            }
+        };
+    }
+    let err = cmd.exec();
     eprintln!(
         "streamcache: cannot run {}: {err}",
         program.to_string_lossy()

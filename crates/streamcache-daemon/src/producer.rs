@@ -95,7 +95,11 @@ impl Drop for ChildGuard {
 /// Everything needed to run one command.
 #[derive(Debug)]
 pub(crate) struct Job {
+    /// The program as the client named it: the command's `argv[0]`, and its name in
+    /// messages.
     pub(crate) program: OsString,
+    /// The binary that runs, as the allow-list resolved it.
+    pub(crate) binary: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) cwd: PathBuf,
     pub(crate) env: Vec<(OsString, OsString)>,
@@ -108,8 +112,9 @@ impl Job {
     /// Runs the command, writing its frames into `w`. See the module docs.
     pub(crate) fn run<W: Write>(self, w: &mut W) -> io::Result<()> {
         let program = self.program.to_string_lossy().into_owned();
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg0(&self.program)
+            .args(&self.args)
             .current_dir(&self.cwd)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -327,6 +332,7 @@ mod tests {
         let spill = Spill::read_all(&mut &stdin[..], None).unwrap();
         Job {
             program: "sh".into(),
+            binary: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
             cwd: "/".into(),
             env: vec![("PATH".into(), std::env::var_os("PATH").unwrap())],
@@ -491,6 +497,7 @@ mod tests {
     fn a_program_that_does_not_exist_fails_before_writing_anything() {
         let mut j = job("", b"");
         j.program = "/nonexistent/streamcache-test-program".into();
+        j.binary = "/nonexistent/streamcache-test-program".into();
         let mut entry = Vec::new();
         let err = j.run(&mut entry).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);

@@ -43,6 +43,12 @@ use crate::wire::request::Request;
 
 /// Runs the daemon until SIGINT or SIGTERM, then stops gracefully.
 pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    if let Some(uid) = settings.daemon_user.filter(|&uid| uid != me) {
+        // Clients trust the configured user's sockets; a daemon of anyone else would
+        // be refused by them, or be the wrong daemon.
+        anyhow::bail!("daemon_user: the daemon must run as uid {uid}, not as uid {me}");
+    }
     socket::prepare_dir(&settings.dir, true)?;
     socket::prepare_dir(&settings.entries_dir(), true)?;
     // Signals first: from here on they are queued for the accept loop, never fatal.
@@ -80,7 +86,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         max_age = %humantime::format_duration(s.max_age),
         min_occurrences = s.min_occurrences,
         backpressure = s.backpressure,
-        allow = %s.allow,
+        allow = %s.allow.binaries(),
         "{status}"
     );
     socket::notify(&format!(
@@ -274,12 +280,16 @@ fn serve_request(
     deadline: Instant,
 ) {
     let program = String::from_utf8_lossy(&request.program).into_owned();
-    if let Err(reason) = daemon.settings.allow.check(&request.program, &request.args) {
-        daemon.counters.refused.fetch_add(1, Relaxed);
-        tracing::info!(pid, program, reason, "refused");
-        respond(&mut stream, Status::Refused, &reason);
-        return;
-    }
+    // The binary is the allow-list's, never looked up in the client's PATH.
+    let binary = match daemon.settings.allow.check(&request.program, &request.args) {
+        Ok(binary) => binary.to_path_buf(),
+        Err(reason) => {
+            daemon.counters.refused.fetch_add(1, Relaxed);
+            tracing::info!(pid, program, reason, "refused");
+            respond(&mut stream, Status::Refused, &reason);
+            return;
+        }
+    };
     let cwd = match std::fs::canonicalize(OsString::from_vec(request.cwd.clone())) {
         Ok(cwd) if cwd.is_dir() => cwd,
         Ok(cwd) => {
@@ -305,6 +315,7 @@ fn serve_request(
     let key = hasher.finish();
     let job = Job {
         program: OsString::from_vec(request.program),
+        binary,
         args: request.args.into_iter().map(OsString::from_vec).collect(),
         cwd,
         env: request

@@ -48,6 +48,7 @@ pub(crate) struct FileSettings {
     pub(crate) max_stdin: Option<u64>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<String>,
+    pub(crate) daemon_user: Option<String>,
 }
 
 impl FileSettings {
@@ -90,6 +91,7 @@ pub(crate) struct ServeFlags {
     pub(crate) max_stdin: Option<u64>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<String>,
+    pub(crate) daemon_user: Option<String>,
 }
 
 /// What the daemon runs with, every value resolved and checked.
@@ -108,6 +110,8 @@ pub(crate) struct ServeSettings {
     pub(crate) limits: Limits,
     pub(crate) max_connections: usize,
     pub(crate) log_level: tracing::Level,
+    /// The uid the daemon must run as, if the configuration names one.
+    pub(crate) daemon_user: Option<u32>,
 }
 
 impl ServeSettings {
@@ -160,7 +164,9 @@ impl ServeSettings {
             file.allow
                 .unwrap_or_else(|| DEFAULT_RULES.iter().map(|s| s.to_string()).collect())
         };
-        let allow = AllowList::parse(&rules).map_err(|e| anyhow::anyhow!("allow: {e}"))?;
+        // Bare names are resolved now, on the daemon's own PATH: see `allow`.
+        let allow = AllowList::parse(&rules, std::env::var_os("PATH").as_deref())
+            .map_err(|e| anyhow::anyhow!("allow: {e}"))?;
         let grace = match flags.grace.or(file.grace) {
             Some(text) => duration("grace", &text)?,
             None => DEFAULT_GRACE,
@@ -191,6 +197,10 @@ impl ServeSettings {
             Some(text) => parse_level(&text)?,
             None => tracing::Level::INFO,
         };
+        let daemon_user = match flags.daemon_user.or(file.daemon_user) {
+            Some(text) => Some(user_id(&text)?),
+            None => None,
+        };
         let settings = ServeSettings {
             socket,
             dir,
@@ -205,6 +215,7 @@ impl ServeSettings {
             limits,
             max_connections,
             log_level,
+            daemon_user,
         };
         if settings.socket.starts_with(settings.entries_dir()) {
             bail!(
@@ -230,6 +241,18 @@ pub(crate) fn parse_level(text: &str) -> anyhow::Result<tracing::Level> {
     text.parse::<tracing::Level>().map_err(|_| {
         anyhow::anyhow!("log_level: {text:?} is not one of error, warn, info, debug, trace")
     })
+}
+
+/// The uid of `daemon_user`: a user name, looked up as `getpwnam(3)` does, or a number.
+pub(crate) fn user_id(text: &str) -> anyhow::Result<u32> {
+    if let Ok(uid) = text.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(text) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => bail!("daemon_user: no user named {text:?}"),
+        Err(e) => bail!("daemon_user: cannot look up {text:?}: {e}"),
+    }
 }
 
 /// A path given as a flag: relative to the working directory.
@@ -296,34 +319,57 @@ pub(crate) fn default_config_file() -> Option<PathBuf> {
         .map(|c| c.join("streamcache").join("config.toml"))
 }
 
-/// The socket a client uses: the flag, `$STREAMCACHE_SOCKET`, the config file's
-/// `socket`, or the default. Never fails: a client that cannot work it out uses the
-/// default and fails open if nothing listens there.
-pub(crate) fn client_socket(flag: Option<PathBuf>, notes: &mut Vec<String>) -> Option<PathBuf> {
-    if flag.is_some() {
-        return flag;
-    }
-    if let Some(env) = env_path("STREAMCACHE_SOCKET") {
-        return Some(env);
-    }
-    let file = match default_config_file() {
-        Some(path) if path.exists() => match FileSettings::load(&path) {
-            Ok(file) => file,
-            Err(e) => {
+/// What a client (`exec`, `stats`) needs to reach a daemon it may trust.
+#[derive(Debug, Default)]
+pub(crate) struct ClientSettings {
+    /// Where the daemon listens, if that can be worked out.
+    pub(crate) socket: Option<PathBuf>,
+    /// The uid of the configured daemon user, trusted besides our own and root.
+    pub(crate) daemon_user: Option<u32>,
+}
+
+/// The client's settings: the socket is the flag, `$STREAMCACHE_SOCKET`, the config
+/// file's `socket`, or the default; the daemon user is the flag or the config file's
+/// `daemon_user`. Never fails: what cannot be worked out is left out, with a note, and
+/// the client fails open (or trusts only its own user and root).
+pub(crate) fn client_settings(
+    socket: Option<PathBuf>,
+    daemon_user: Option<String>,
+    notes: &mut Vec<String>,
+) -> ClientSettings {
+    let socket = socket.or_else(|| env_path("STREAMCACHE_SOCKET"));
+    // The file is read only for what the flags and the environment left open.
+    let file = if socket.is_some() && daemon_user.is_some() {
+        FileSettings::default()
+    } else {
+        match default_config_file() {
+            Some(path) if path.exists() => FileSettings::load(&path).unwrap_or_else(|e| {
                 notes.push(format!("{e:#}"));
                 FileSettings::default()
+            }),
+            _ => FileSettings::default(),
+        }
+    };
+    let daemon_user = daemon_user
+        .or(file.daemon_user)
+        .and_then(|text| match user_id(&text) {
+            Ok(uid) => Some(uid),
+            Err(e) => {
+                notes.push(format!("{e:#}"));
+                None
             }
-        },
-        _ => FileSettings::default(),
-    };
-    if let Some(socket) = file.socket {
-        return Some(socket);
+        });
+    let socket = socket.or(file.socket).or_else(|| {
+        let dir = match file.dir {
+            Some(dir) => dir,
+            None => default_cache_dir().ok()?,
+        };
+        Some(default_socket(&dir))
+    });
+    ClientSettings {
+        socket,
+        daemon_user,
     }
-    let dir = match file.dir {
-        Some(dir) => dir,
-        None => default_cache_dir().ok()?,
-    };
-    Some(default_socket(&dir))
 }
 
 #[cfg(test)]
@@ -347,6 +393,7 @@ mod tests {
             max_stdin = 67108864
             max_connections = 1024
             log_level = "info"
+            daemon_user = "root"
             "#,
         )
         .unwrap();
@@ -361,6 +408,22 @@ mod tests {
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9236".parse().unwrap()));
         assert_eq!(s.limits.max_stdin, 64 << 20);
         assert_eq!(s.max_connections, 1024);
+        assert_eq!(s.daemon_user, Some(0));
+    }
+
+    #[test]
+    fn the_daemon_user_is_a_name_or_a_number_and_an_unknown_name_is_an_error() {
+        assert_eq!(user_id("root").unwrap(), 0);
+        assert_eq!(user_id("65534").unwrap(), 65534);
+        let err = user_id("no-such-user-here").unwrap_err();
+        assert!(format!("{err:#}").starts_with("daemon_user: "), "{err:#}");
+        let flags = ServeFlags {
+            daemon_user: Some("no-such-user-here".into()),
+            ..ServeFlags::default()
+        };
+        let file = FileSettings::parse("dir = \"/srv/c\"").unwrap();
+        let err = ServeSettings::resolve(file, flags).unwrap_err();
+        assert!(format!("{err:#}").contains("daemon_user"), "{err:#}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The daemon's Unix socket: created owner-only in a directory we checked, a stale file
-//! replaced safely, peers checked by uid.
+//! replaced safely, peers checked by uid, both ways: the daemon checks its clients, and
+//! a client checks that the daemon it reached is one it may trust.
 
 use std::fs;
 use std::io;
@@ -35,7 +36,9 @@ impl Bound {
 }
 
 /// Creates `dir` (mode 0700) if missing, then checks it is a directory that only we
-/// (or root) own and that others cannot write to, unless it is sticky (like /tmp).
+/// (or root) own and that no one else can write to. A sticky directory (like /tmp) is
+/// refused as well: the sticky bit keeps others from removing our socket, but not from
+/// binding the path first, while we are stopped, and answering our clients.
 pub(crate) fn prepare_dir(dir: &Path, create: bool) -> anyhow::Result<()> {
     if create && !dir.exists() {
         fs::DirBuilder::new()
@@ -58,10 +61,10 @@ pub(crate) fn prepare_dir(dir: &Path, create: bool) -> anyhow::Result<()> {
         );
     }
     let mode = meta.permissions().mode();
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !sticky {
+    if mode & 0o022 != 0 {
         bail!(
-            "directory {} is writable by others (mode {:o}); others could replace the socket",
+            "directory {} is writable by others (mode {:o}); others could bind the socket \
+             path before us, sticky bit or not: use a directory only its owner can write",
             dir.display(),
             mode & 0o7777
         );
@@ -127,6 +130,14 @@ pub(crate) fn peer_allowed(uid: u32) -> bool {
     uid == 0 || uid == rustix::process::geteuid().as_raw()
 }
 
+/// Whether a client may trust the daemon it reached, whose socket was bound by `uid`:
+/// a daemon of its own user, root, or the configured daemon user. Anyone else may
+/// have bound the path first, and must never see a request (it carries the caller's
+/// environment and stdin) nor have its bytes taken for the command's output.
+pub(crate) fn server_trusted(uid: u32, daemon_user: Option<u32>) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw() || Some(uid) == daemon_user
+}
+
 /// Tells systemd (or whoever set `NOTIFY_SOCKET`) our state, as `sd_notify(3)` does.
 /// Failures are logged and otherwise ignored.
 pub(crate) fn notify(state: &str) {
@@ -189,15 +200,17 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_writable_by_others_is_refused() {
+    fn a_directory_writable_by_others_is_refused_sticky_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let open = dir.path().join("open");
         fs::create_dir(&open).unwrap();
-        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = bind(&open.join("s.sock")).unwrap_err();
-        assert!(format!("{err:#}").contains("writable by others"), "{err:#}");
-        // Sticky, like /tmp: allowed.
-        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        for mode in [0o777, 0o1777, 0o770, 0o1730] {
+            fs::set_permissions(&open, fs::Permissions::from_mode(mode)).unwrap();
+            let err = bind(&open.join("s.sock")).unwrap_err();
+            assert!(format!("{err:#}").contains("writable by others"), "{err:#}");
+            assert!(!open.join("s.sock").exists());
+        }
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
         bind(&open.join("s.sock")).unwrap();
     }
 
@@ -219,5 +232,16 @@ mod tests {
         assert!(peer_allowed(uid));
         assert_eq!(pid, std::process::id() as i32);
         assert!(!peer_allowed(u32::MAX - 1) || rustix::process::geteuid().as_raw() == u32::MAX - 1);
+    }
+
+    #[test]
+    fn a_client_trusts_its_own_user_root_and_the_named_daemon_user_only() {
+        let me = rustix::process::geteuid().as_raw();
+        assert!(server_trusted(me, None));
+        assert!(server_trusted(0, None));
+        let other = if me == 65534 { 65533 } else { 65534 };
+        assert!(!server_trusted(other, None));
+        assert!(!server_trusted(other, Some(other + 1)));
+        assert!(server_trusted(other, Some(other)));
     }
 }

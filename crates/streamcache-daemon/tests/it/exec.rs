@@ -1,6 +1,7 @@
 //! `streamcache exec` against running the command directly: stdout, stderr, exit codes,
 //! stdin, caching of successes only, the allow-list and failing open.
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Output, Stdio};
@@ -299,11 +300,15 @@ fn extra_key_material_and_forwarded_variables_split_entries() {
 
 #[test]
 fn a_script_on_the_allow_list_runs_in_the_clients_working_directory() {
-    let daemon = Daemon::start(&["--allow", "./where.sh"]);
+    // Named by absolute path: a relative one would be the client's choice (it is
+    // refused, see `security::a_client_chosen_path_cannot_change_which_binary_runs`).
+    let dir = tempfile::tempdir().unwrap();
+    let where_sh = dir.path().join("where.sh");
+    script(&where_sh, "pwd");
+    let daemon = Daemon::start(&["--allow", where_sh.to_str().unwrap()]);
     let work = daemon.dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    script(&work.join("where.sh"), "pwd");
-    let mut cmd = daemon.exec_cmd(false, &["./where.sh"]);
+    let mut cmd = daemon.exec_cmd(false, &[where_sh.to_str().unwrap()]);
     cmd.current_dir(&work);
     let out = crate::support::run_with_stdin(cmd, b"");
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -352,4 +357,63 @@ fn stdout_into_a_file_is_copied_and_into_a_pipe_is_spliced_with_the_same_bytes()
         let piped = daemon.exec(false, &["cat", path], b"");
         assert!(piped.stdout == binary_data(), "round {round}");
     }
+}
+
+/// Runs `program` with the redirection `close` (`>&-`, `2>&-`: closed), as a shell would.
+fn with_closed(close: &str, program: &[&OsStr]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec \"$@\" {close}"))
+        .arg("sh")
+        .args(program)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn with_stdout_or_stderr_closed_exec_exits_as_the_command_run_directly_does() {
+    let daemon = Daemon::start(&["--allow", "sh"]);
+    for (close, body) in [(">&-", "echo hi"), ("2>&-", "echo hi >&2")] {
+        let command = [OsStr::new("sh"), OsStr::new("-c"), OsStr::new(body)];
+        let direct = with_closed(close, &command);
+        assert_ne!(direct.status.code(), Some(0), "{close} fails a direct run");
+        let mut through = vec![
+            OsStr::new(BIN),
+            OsStr::new("exec"),
+            OsStr::new("-v"),
+            OsStr::new("--socket"),
+            daemon.socket.as_os_str(),
+            OsStr::new("--"),
+        ];
+        through.extend(command);
+        let through = with_closed(close, &through);
+        assert_eq!(
+            through.status.code(),
+            direct.status.code(),
+            "sh -c {body:?} with {close}: {}",
+            text(&through.stderr)
+        );
+        assert_eq!(through.stdout, direct.stdout, "{close}");
+    }
+    // The command ran where it could see the closed descriptor: in the client.
+    assert_eq!(daemon.stat("children_started_total"), 0);
+    // A /dev/null opened read-write, the very file the runtime puts in place of a
+    // closed descriptor (and what Python's subprocess.DEVNULL passes), is no closed
+    // stdout: that command succeeds, through the daemon.
+    let through = [
+        OsStr::new(BIN),
+        OsStr::new("exec"),
+        OsStr::new("--socket"),
+        daemon.socket.as_os_str(),
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new("echo hi"),
+    ];
+    let out = with_closed("1<>/dev/null", &through);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(daemon.stat("children_started_total"), 1);
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use streamcache_daemon::wire::{Request, Status};
 
 use crate::support::{
-    bin_for_others, files_under, require_root, run_with_stdin, text, wait_until, wire_roundtrip,
-    Daemon, BIN,
+    bin_for_others, files_under, require_root, run_with_stdin, serve_refuses_to_start, text,
+    wait_until, wire_roundtrip, Daemon, BIN,
 };
 
 fn mode(path: &Path) -> u32 {
@@ -434,4 +434,196 @@ fn exec_passes_only_the_forwarded_environment_never_the_clients_or_the_daemons()
     );
     assert!(!printed.contains("s3cret"), "{printed}");
     assert_eq!(daemon.stat("misses_total"), 1, "it ran in the daemon");
+}
+
+/// A directory that uid 65534 owns and may write, in a tree it can traverse.
+fn dir_of_nobody(parent: &Path, name: &str) -> PathBuf {
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = parent.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    rustix::fs::chown(
+        &dir,
+        Some(rustix::process::Uid::from_raw(65534)),
+        Some(rustix::process::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+#[test]
+fn exec_refuses_a_socket_that_another_user_serves_and_runs_the_command_itself() {
+    require_root("it runs an impostor as uid 65534");
+    let (_bin_dir, bin) = bin_for_others();
+    // The impostor: a real `streamcache serve` of uid 65534 that bound the socket path
+    // first, in a directory it may write. It answers every request with well-formed
+    // replies, made of its own bytes: what a command prints when it runs as 65534.
+    let home = tempfile::tempdir().unwrap();
+    let theirs = dir_of_nobody(home.path(), "theirs");
+    let socket = theirs.join("s.sock");
+    let mut serve = Command::new(&bin);
+    serve
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(theirs.join("cache"))
+        .args(["--allow", "sh"])
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534);
+    let notify = home.path().join("notify.sock");
+    let impostor = Daemon::spawn(serve, home, socket.clone(), |_| {
+        // Its readiness message must reach the test's notify socket.
+        std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
+    });
+    let command = [
+        "sh",
+        "-c",
+        "echo \"ran as $(id -u)\"; echo \"stderr of $(id -u)\" >&2",
+    ];
+    let exec = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("exec")
+            .arg("-v")
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .arg("--")
+            .args(command)
+            .current_dir("/");
+        run_with_stdin(cmd, b"")
+    };
+
+    let out = exec(&[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        stdout, "ran as 0\n",
+        "the client ran it itself; stderr: {stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("65534\n"),
+        "none of the impostor's bytes: {stderr}"
+    );
+    assert!(
+        stderr.contains("served by uid 65534") && stderr.contains("running sh directly"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("stderr of 0\n"), "{stderr}");
+    // The request (with the client's environment and stdin) never reached it.
+    assert_eq!(
+        impostor.stat("connections_total"),
+        2,
+        "the exec and this stats"
+    );
+    assert_eq!(impostor.stat("children_started_total"), 0);
+
+    // Named as the daemon's user, the same server is trusted.
+    let out = exec(&["--daemon-user", "nobody"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran as 65534\n");
+    assert_eq!(text(&out.stderr), "stderr of 65534\n");
+    assert_eq!(impostor.stat("children_started_total"), 1);
+}
+
+#[test]
+fn the_daemon_refuses_a_socket_directory_that_others_can_write_even_a_sticky_one() {
+    for mode in [0o1777, 0o777, 0o1770, 0o1733] {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut serve = Command::new(BIN);
+        serve
+            .arg("serve")
+            .arg("--socket")
+            .arg(shared.join("s.sock"))
+            .arg("--dir")
+            .arg(dir.path().join("cache"));
+        let err = serve_refuses_to_start(serve, dir.path());
+        assert!(
+            err.contains(&format!(
+                "directory {} is writable by others",
+                shared.display()
+            )),
+            "mode {mode:o}: {err}"
+        );
+        assert!(!shared.join("s.sock").exists(), "mode {mode:o}");
+    }
+}
+
+#[test]
+fn a_client_chosen_path_cannot_change_which_binary_runs() {
+    let daemon = Daemon::start(&["--allow", "git:pack-objects", "--allow", "env"]);
+    let root = daemon.dir.path();
+    let work = root.join("work");
+    let init = Command::new("git")
+        .args(["init", "-q"])
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", text(&init.stderr));
+    // Fakes of both programs, in a directory the client puts first in its PATH and in
+    // the working directory, for a PATH that starts with `.`.
+    let evil = root.join("evil");
+    std::fs::create_dir(&evil).unwrap();
+    let ran = root.join("fakes-ran");
+    for dir in [&evil, &work] {
+        for name in ["git", "env"] {
+            let body = format!("echo {name} >> {}; echo FAKE; exit 0", ran.display());
+            crate::support::script(&dir.join(name), &body);
+        }
+    }
+    let daemons_path = std::env::var("PATH").unwrap();
+    for path in [
+        format!("{}:{daemons_path}", evil.display()),
+        format!(".:{daemons_path}"),
+    ] {
+        // pack-objects as the hook runs it: an empty pack from the real git.
+        let mut cmd = daemon.exec_cmd(true, &["git", "pack-objects", "--stdout"]);
+        cmd.current_dir(&work).env("PATH", &path);
+        let out = run_with_stdin(cmd, b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            out.stdout.starts_with(b"PACK"),
+            "PATH={path}: {:?}",
+            text(&out.stdout)
+        );
+        // The command still gets the client's PATH (git needs it for its helpers).
+        let mut cmd = daemon.exec_cmd(true, &["env"]);
+        cmd.current_dir(&work).env("PATH", &path);
+        let out = run_with_stdin(cmd, b"");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let printed = text(&out.stdout);
+        assert!(
+            printed.lines().any(|l| l == format!("PATH={path}")),
+            "{printed}"
+        );
+        assert!(!printed.contains("FAKE"), "{printed}");
+    }
+    assert!(
+        !ran.exists(),
+        "a fake ran: {:?}",
+        std::fs::read_to_string(&ran)
+    );
+    assert_eq!(daemon.stat("misses_total"), 4, "each one ran in the daemon");
+}
+
+#[test]
+fn a_relative_program_on_the_allow_list_stops_the_daemon_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(BIN);
+    serve
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--dir")
+        .arg(dir.path().join("cache"))
+        .args(["--allow", "./where.sh"]);
+    let err = serve_refuses_to_start(serve, dir.path());
+    assert!(
+        err.contains("allow: allow rule \"./where.sh\": \"./where.sh\" is a relative path"),
+        "{err}"
+    );
 }

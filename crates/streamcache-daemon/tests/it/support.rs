@@ -958,3 +958,52 @@ pub(crate) fn pid_in(path: &Path) -> u32 {
     });
     pid.unwrap()
 }
+
+/// Runs `cmd` (a `serve` command) expecting it to refuse to start: returns its stderr
+/// once it has exited with a failure. A daemon that becomes ready instead (it says so
+/// on a notify socket in `notify_dir`) is killed and fails the test.
+pub(crate) fn serve_refuses_to_start(mut cmd: Command, notify_dir: &Path) -> String {
+    use std::io::Read;
+    let notify_path = notify_dir.join("refusal-notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", notify_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut buf = [0u8; 4096];
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if let Ok(n) = notify.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                signal(child.id(), rustix::process::Signal::KILL);
+                let _ = child.wait();
+                panic!("the daemon started instead of refusing");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon neither started nor exited"
+        );
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success(), "it exited 0: {stderr}");
+    stderr
+}
