@@ -22,6 +22,7 @@ mod client;
 mod key;
 mod metrics;
 mod producer;
+mod scrape;
 mod server;
 mod settings;
 mod socket;

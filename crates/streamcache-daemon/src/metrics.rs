@@ -1,13 +1,10 @@
-//! Observability: the daemon's counters (kept in `state`) as Prometheus text, the
-//! `key=value` form that `streamcache stats` reads, and a tiny HTTP/1.0 responder for
-//! `/metrics`.
+//! Observability: the daemon's counters (kept in `state`) as Prometheus text and in
+//! the `key=value` form that `streamcache stats` reads. `scrape` serves the text over
+//! HTTP.
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::state::Daemon;
 
@@ -247,72 +244,4 @@ fn bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
-}
-
-/// Binds the `/metrics` listener.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-}
-
-/// Serves `/metrics` on `listener`, one request at a time, until the process ends.
-pub(crate) fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                if let Err(e) = answer(stream, &daemon) {
-                    tracing::debug!(error = %e, "metrics request failed");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-fn answer(stream: TcpStream, daemon: &Daemon) -> io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.by_ref().take(8192).read_line(&mut request_line)?;
-    // Skip the headers, bounded in size and time.
-    let mut header_bytes = 0usize;
-    loop {
-        let mut line = String::new();
-        let n = reader.by_ref().take(8192).read_line(&mut line)?;
-        header_bytes += n;
-        if n == 0
-            || line == "\r\n"
-            || line == "\n"
-            || header_bytes > 65536
-            || Instant::now() > deadline
-        {
-            break;
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") | ("GET", "/") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            prometheus(daemon),
-        ),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET\n".to_owned(),
-        ),
-    };
-    let mut out = &stream;
-    write!(
-        out,
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    out.flush()
 }

@@ -32,6 +32,7 @@ use crate::chain::Chain;
 use crate::key::KeyHasher;
 use crate::metrics;
 use crate::producer::Job;
+use crate::scrape;
 use crate::settings::ServeSettings;
 use crate::socket;
 use crate::spill::Spill;
@@ -70,13 +71,13 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let mut status = format!("serving on {}", bound.path.display());
     if let Some(addr) = daemon.settings.metrics_listen {
         let listener =
-            metrics::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            scrape::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
         let local = listener.local_addr()?;
         status.push_str(&format!("; metrics on http://{local}/metrics"));
         let d = Arc::clone(&daemon);
         std::thread::Builder::new()
             .name("streamcache-metrics".into())
-            .spawn(move || metrics::serve(listener, d))
+            .spawn(move || scrape::serve(listener, d))
             .context("cannot start the metrics thread")?;
     }
     let s = &daemon.settings;

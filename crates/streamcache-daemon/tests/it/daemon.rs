@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use streamcache_daemon::wire::{self, Kind, Status};
 
-use crate::support::{run_with_stdin, text, Daemon, BIN};
+use crate::support::{run_with_stdin, text, wait_until, Daemon, BIN, PATIENCE};
 
 #[test]
 fn serve_with_no_flags_uses_the_xdg_directories_and_exec_finds_it() {
@@ -273,13 +273,7 @@ fn after_the_grace_period_a_stuck_command_is_killed_and_the_daemon_exits() {
 #[test]
 fn the_metrics_endpoint_serves_prometheus_text() {
     let daemon = Daemon::start(&["--allow", "sh", "--metrics-listen", "127.0.0.1:0"]);
-    let addr = daemon
-        .status
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in {:?}", daemon.status))
-        .to_owned();
+    let addr = daemon.metrics_addr();
     for _ in 0..2 {
         daemon.exec(false, &["sh", "-c", "echo x"], b"");
     }
@@ -312,6 +306,173 @@ fn the_metrics_endpoint_serves_prometheus_text() {
     }
     assert!(page.contains("streamcache_cache_enabled{dir="));
     assert!(get("/nothing").starts_with("HTTP/1.0 404"));
+}
+
+/// A `/metrics` client that sent the start of a request and then trickles one byte of
+/// a header now and then, never ending it, until it is dropped or the daemon closes.
+struct Trickler {
+    conn: std::net::TcpStream,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Trickler {
+    fn start(addr: &str) -> Trickler {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nX-A: ").unwrap();
+        let mut writer = conn.try_clone().unwrap();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // The pace of the trickle: a byte every 100 ms, far inside any per-read
+        // timeout, so only a deadline on the whole request can end it.
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(100))
+            {
+                if writer.write_all(b"a").is_err() {
+                    break;
+                }
+            }
+        });
+        Trickler {
+            conn,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether the daemon has neither answered nor closed this connection yet.
+    fn is_waiting(&self) -> bool {
+        self.conn.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let waiting = matches!(
+            (&self.conn).read(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        self.conn.set_nonblocking(false).unwrap();
+        waiting
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one HTTP response, its head and then `Content-Length` bytes of body, as an
+/// HTTP client does (a reset after the whole response, when the daemon closes a
+/// connection with a request it did not read, is not a failure). Fails the test if the
+/// response is not whole after [`PATIENCE`]: a client stuck behind another is a failure,
+/// not a hang.
+fn read_response(mut conn: &std::net::TcpStream, what: &str) -> String {
+    conn.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        if let Some(end) = head_end {
+            let head = text(&got[..end]);
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap_or_else(|| panic!("{what}: no Content-Length in {head:?}"))
+                .parse()
+                .unwrap();
+            if got.len() >= end + length {
+                return text(&got);
+            }
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => panic!(
+                "{what}: the connection ended early; so far: {:?}",
+                text(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{what}: no whole response ({e}); so far: {:?}", text(&got)),
+        }
+    }
+}
+
+/// One `GET path` on a fresh connection: the whole response. After a `200` it also
+/// waits for the daemon to end the connection, which it does once the scrape's place
+/// among the concurrent ones is free again.
+fn scrape(addr: &str, path: &str) -> String {
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    // A daemon that turns the scrape away answers without reading: the request may
+    // then meet a closed connection, and the answer is what counts.
+    let _ = conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes());
+    let page = read_response(&conn, &format!("the scrape of {path}"));
+    if page.starts_with("HTTP/1.0 200 ") {
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "bytes after the response: {rest:?}");
+    }
+    page
+}
+
+#[test]
+fn a_trickling_metrics_client_does_not_stop_other_scrapes_and_too_many_are_turned_away_at_once() {
+    // A request timeout far beyond the test: only concurrency can serve the scrape.
+    let daemon = Daemon::start(&[
+        "--allow",
+        "sh",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--request-timeout",
+        "1h",
+    ]);
+    let addr = daemon.metrics_addr();
+    // Connected first, so accepted first: a daemon serving one scrape at a time is
+    // busy with it when the next one comes.
+    let trickler = Trickler::start(&addr);
+    let page = scrape(&addr, "/metrics");
+    assert!(page.starts_with("HTTP/1.0 200 OK\r\n"), "{page}");
+    assert!(page.contains("\nstreamcache_uptime_seconds "), "{page}");
+    // The order of events: that scrape was answered while the trickler still waits.
+    assert!(
+        trickler.is_waiting(),
+        "the trickler was answered or dropped"
+    );
+
+    // Bounded: with every scrape slot held by a trickler, the next scrape is told so
+    // at once (and the tricklers are still waiting), not queued behind them.
+    let mut held = vec![trickler];
+    let turned_away = loop {
+        let page = scrape(&addr, "/metrics");
+        if page.starts_with("HTTP/1.0 503 ") {
+            break page;
+        }
+        assert!(page.starts_with("HTTP/1.0 200 OK\r\n"), "{page}");
+        assert!(held.len() < 64, "64 trickling scrapes and none turned away");
+        held.push(Trickler::start(&addr));
+    };
+    assert!(turned_away.contains("too many scrapes"), "{turned_away}");
+    assert!(held.iter().all(Trickler::is_waiting));
+    drop(held);
+    wait_until("a scrape is served again once the tricklers left", || {
+        scrape(&addr, "/metrics").starts_with("HTTP/1.0 200 OK\r\n")
+    });
+}
+
+#[test]
+fn a_metrics_request_still_trickling_at_the_request_timeout_is_cut_off() {
+    let daemon = Daemon::start(&[
+        "--allow",
+        "sh",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--request-timeout",
+        "1s",
+    ]);
+    let trickler = Trickler::start(&daemon.metrics_addr());
+    // It never stops sending, yet the daemon answers and closes: the deadline is on
+    // the whole request, not on each read.
+    let answer = read_response(&trickler.conn, "the trickling request");
+    assert!(answer.starts_with("HTTP/1.0 408 "), "{answer}");
 }
 
 #[test]

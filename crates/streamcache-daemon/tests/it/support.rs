@@ -179,6 +179,16 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The `host:port` of the daemon's `/metrics` listener, from its ready status.
+    pub(crate) fn metrics_addr(&self) -> String {
+        self.status
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_else(|| panic!("no metrics address in {:?}", self.status))
+            .to_owned()
+    }
+
     /// The daemon's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
