@@ -673,7 +673,19 @@ fn wait_for_list<T: PartialEq + std::fmt::Debug>(
 /// The names of the daemon's lasting threads: every thread but those serving a
 /// connection (which end with it). Take this after [`Daemon::settle`] as the baseline
 /// that [`wait_for_threads`] waits to see again.
+///
+/// A thread the daemon has just started shows the process's name until it names itself
+/// (std names a thread from inside it, first thing): a baseline taken in between would
+/// hold "streamcache" twice. Only the main thread keeps that name, so this waits until
+/// one thread has it.
 pub(crate) fn lasting_threads(pid: u32) -> Vec<String> {
+    wait_until("every thread of the daemon has named itself", || {
+        thread_names(pid)
+            .iter()
+            .filter(|n| n.as_str() == "streamcache")
+            .count()
+            == 1
+    });
     let mut names = thread_names(pid);
     names.retain(|n| n != "streamcache-con");
     names
