@@ -132,7 +132,7 @@ impl Reader {
         match &mut self.pipe {
             Some(pipe) => pipe.read(buf),
             // Unreachable: the pipe is either here or registered.
-            None => Err(io::Error::other("streamcache: bypass stream has no pipe")),
+            None => Err(no_pipe()),
         }
     }
 
@@ -146,7 +146,7 @@ impl Reader {
 
     fn wait_readable(&self) -> io::Result<()> {
         let Some(fd) = self.fd() else {
-            return Err(io::Error::other("streamcache: bypass stream has no pipe"));
+            return Err(no_pipe());
         };
         let mut fds = [rustix::event::PollFd::new(
             &fd,
@@ -183,18 +183,14 @@ impl Reader {
         }
         if self.registered.is_none() {
             let Some(pipe) = self.pipe.take() else {
-                return Poll::Ready(Err(io::Error::other(
-                    "streamcache: bypass stream has no pipe",
-                )));
+                return Poll::Ready(Err(no_pipe()));
             };
             let fd = std::os::fd::OwnedFd::from(pipe);
             self.registered = Some(tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?);
         }
         loop {
             let Some(rx) = self.registered.as_ref() else {
-                return Poll::Ready(Err(io::Error::other(
-                    "streamcache: bypass stream has no pipe",
-                )));
+                return Poll::Ready(Err(no_pipe()));
             };
             ready!(rx.poll_read_ready(cx))?;
             match rx.try_read(buf) {
@@ -205,4 +201,10 @@ impl Reader {
             }
         }
     }
+}
+
+/// A bypass reader holds its pipe either plainly or registered with tokio; neither is
+/// an internal error, never end-of-file.
+fn no_pipe() -> io::Error {
+    io::Error::other("streamcache: bypass stream has no pipe")
 }
