@@ -64,11 +64,12 @@ pub(crate) fn start(job: Job) -> Result<()> {
         None => Error::Bypass(Arc::new(e)),
     };
     tracing::error!(key = %job.key, error = %Chain(&err), "streamcache: start producer");
-    job.metrics.add_failures(1);
-    if let Some(before) = job.before_failure.take() {
-        before();
-    }
-    job.writer.fail(err.clone());
+    fail(
+        &job.metrics,
+        job.before_failure,
+        &mut job.writer,
+        err.clone(),
+    );
     Err(err)
 }
 
@@ -84,14 +85,20 @@ impl Job {
             Ok(()) => tracing::debug!(bytes = written, "streamcache: entry complete"),
             Err(err) => {
                 tracing::error!(error = %Chain(&err), "streamcache: producer failed");
-                self.metrics.add_failures(1);
-                if let Some(before) = self.before_failure.take() {
-                    before();
-                }
-                self.writer.fail(err);
+                fail(&self.metrics, self.before_failure, &mut self.writer, err);
             }
         }
     }
+}
+
+/// Counts a producer's failure, lets the cache act before anyone learns of it, then
+/// publishes `err` to every reader of `writer`.
+fn fail(metrics: &Metrics, before: Option<BeforeFailure>, writer: &mut Writer, err: Error) {
+    metrics.add_failures(1);
+    if let Some(before) = before {
+        before();
+    }
+    writer.fail(err);
 }
 
 /// Runs the producer, turning a panic into [`Error::Panic`] and preferring the writer's
