@@ -124,6 +124,10 @@ struct Flags {
     /// Distinct keys of w3 [default: 100000; --quick: 10000].
     #[arg(long, value_name = "N", value_parser = count)]
     w3_keys: Option<usize>,
+    /// The cache's lead window (`Config::max_lead_bytes`) in w1-w4 [default: 0, the
+    /// reference's rule: one write ahead of the fastest reader].
+    #[arg(long, value_name = "SIZE", value_parser = size_or_zero)]
+    max_lead: Option<u64>,
     /// Hot keys of w3 phase B [default: 1000].
     #[arg(long, value_name = "N", value_parser = count)]
     w3_hot: Option<usize>,
@@ -203,6 +207,10 @@ fn size_at_least(s: &str, min: u64) -> Result<u64, String> {
     }
 }
 
+fn size_or_zero(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| SIZE_FORMS.into())
+}
+
 fn size(s: &str) -> Result<u64, String> {
     size_at_least(s, 1)
 }
@@ -277,6 +285,7 @@ pub(crate) struct Options {
     pub(crate) w4_size: u64,
     pub(crate) w3_keys: usize,
     pub(crate) w3_hot: usize,
+    pub(crate) max_lead: u64,
     pub(crate) readers: Vec<usize>,
     pub(crate) rss_sizes: Vec<u64>,
     pub(crate) w5_repo_mb: u64,
@@ -329,6 +338,7 @@ fn options(workloads: &[Workload], f: Flags) -> Options {
         w4_size: or_default(f.w4_size, quick, 256 * MIB, 64 * MIB),
         w3_keys: or_default(f.w3_keys, quick, 100_000, 10_000),
         w3_hot: f.w3_hot.unwrap_or(1000),
+        max_lead: f.max_lead.unwrap_or(0),
         readers: f.readers.map_or_else(|| vec![1, 4, 16, 64], |c| c.0),
         rss_sizes: or_default(
             f.rss_sizes.map(|s| s.0),

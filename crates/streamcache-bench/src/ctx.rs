@@ -138,6 +138,14 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// `max_lead` among a figure's parameters, for the workloads whose cache it tunes
+    /// (not the peak-RSS child, which runs the reference's rule), when it is not 0.
+    fn lead_parameter(&self, workload: &str) -> Option<(String, serde_json::Value)> {
+        let tuned = matches!(workload, "w1" | "w1-zc" | "w2" | "w3" | "w4");
+        (tuned && self.opts.max_lead > 0)
+            .then(|| ("max_lead".to_owned(), self.opts.max_lead.into()))
+    }
+
     pub(crate) fn new(opts: Options) -> io::Result<Ctx> {
         let json = match &opts.json {
             Some(path) => Some(io::BufWriter::new(File::create(path)?)),
@@ -283,6 +291,7 @@ impl Ctx {
                 .params
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
+                .chain(self.lead_parameter(fig.workload))
                 .collect(),
             median,
             min,

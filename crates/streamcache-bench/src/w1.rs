@@ -15,9 +15,10 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let def = size == GIB;
     for n in ctx.opts.readers.clone() {
         let data = std::sync::Arc::clone(&ctx.data);
+        let max_lead = ctx.opts.max_lead;
         let label = format!("w1 {} N={n} S={s}", fs.name());
         let m = ctx.measure(&label, Some(fs), |dir| {
-            let r = fanout(dir, &data, n, size, true, Sink::Discard)?;
+            let r = fanout(dir, &data, n, size, true, max_lead, Sink::Discard)?;
             Ok(vec![
                 ("wall", r.wall),
                 ("aggregate", n as f64 * size as f64 / r.wall / 1e9),
@@ -71,9 +72,10 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
 
     // Back pressure off, one reader.
     let data = std::sync::Arc::clone(&ctx.data);
+    let max_lead = ctx.opts.max_lead;
     let label = format!("w1 {} N=1 S={s} back pressure off", fs.name());
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let r = fanout(dir, &data, 1, size, false, Sink::Discard)?;
+        let r = fanout(dir, &data, 1, size, false, max_lead, Sink::Discard)?;
         Ok(vec![
             ("wall", r.wall),
             ("writer", size as f64 / r.writer / 1e9),
@@ -111,11 +113,12 @@ pub(crate) fn run_zero_copy(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let s = show_size(size);
     for n in ctx.opts.readers.clone() {
         let data = std::sync::Arc::clone(&ctx.data);
+        let max_lead = ctx.opts.max_lead;
         let label = format!("w1-zc {} N={n} S={s} send_to vs read+write", fs.name());
         let bytes = n as f64 * size as f64;
         let m = ctx.measure(&label, Some(fs), |dir| {
             let a = dir.join("sendto");
-            let zc = fanout(&a, &data, n, size, true, Sink::SendTo)?;
+            let zc = fanout(&a, &data, n, size, true, max_lead, Sink::SendTo)?;
             std::fs::remove_dir_all(&a)?;
             if zc.sendfile_bytes != n as u64 * size {
                 return Err(io::Error::other(format!(
@@ -124,7 +127,15 @@ pub(crate) fn run_zero_copy(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
                     n as u64 * size
                 )));
             }
-            let plain = fanout(&dir.join("plain"), &data, n, size, true, Sink::PlainSocket)?;
+            let plain = fanout(
+                &dir.join("plain"),
+                &data,
+                n,
+                size,
+                true,
+                max_lead,
+                Sink::PlainSocket,
+            )?;
             let per_cpu = |cpu: f64| bytes / cpu / 1e9;
             let v: Sample = vec![
                 ("zc_wall", zc.wall),
@@ -263,6 +274,7 @@ pub(crate) fn rss_child(args: &[String]) -> io::Result<()> {
         n,
         size,
         true,
+        0,
         Sink::Discard,
     )?;
     let peak = crate::sys::peak_rss()?;

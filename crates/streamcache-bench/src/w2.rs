@@ -17,8 +17,9 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let s = show_size(size);
     let data = Arc::clone(&ctx.data);
     let label = format!("w2 {} 8 readers S={s}", fs.name());
+    let max_lead = ctx.opts.max_lead;
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let cache = cache(dir, true)?;
+        let cache = cache(dir, true, max_lead)?;
         let span: Span = Arc::default();
         // Room for the threads to start before t0.
         let t0 = Instant::now() + Duration::from_millis(20);

@@ -21,8 +21,9 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         "w3 {} {keys_n} misses + {keys_n} hits of {hot} keys",
         fs.name()
     );
+    let max_lead = ctx.opts.max_lead;
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let cache = cache(dir, true)?;
+        let cache = cache(dir, true, max_lead)?;
         let mut buf = vec![0u8; CHUNK];
         let read_entry = |stream: &mut streamcache::Stream, buf: &mut [u8]| -> io::Result<()> {
             let mut got = 0;

@@ -17,8 +17,9 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let s = show_size(size);
     let data = Arc::clone(&ctx.data);
     let label = format!("w4 {} slow reader S={s}", fs.name());
+    let max_lead = ctx.opts.max_lead;
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let cache = cache(dir, true)?;
+        let cache = cache(dir, true, max_lead)?;
         let consumed = Arc::new(AtomicU64::new(0));
         let lead_b = Arc::new(AtomicU64::new(0));
         let span: Span = Arc::default();

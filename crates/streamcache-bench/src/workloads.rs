@@ -11,14 +11,20 @@ use std::time::{Duration, Instant};
 use crate::data::{self, Span, CHUNK};
 use crate::sys::{self, Fs, Who};
 
-/// The cache under test: max age 1 h, no admission rule (min occurrences 0). Its
+/// The cache under test: max age 1 h, no admission rule (min occurrences 0), the lead
+/// window `max_lead` (`--max-lead`; 0, the reference's rule, by default). Its
 /// maintenance thread is stopped at once, so neither eviction nor the directory sweep
 /// can run during a measurement (the reference's tick once a minute never came either).
-pub(crate) fn cache(dir: &Path, backpressure: bool) -> io::Result<streamcache::Cache> {
+pub(crate) fn cache(
+    dir: &Path,
+    backpressure: bool,
+    max_lead: u64,
+) -> io::Result<streamcache::Cache> {
     let mut cfg = streamcache::Config::new(dir);
     cfg.max_age = Duration::from_secs(3600);
     cfg.min_occurrences = 0;
     cfg.backpressure = backpressure;
+    cfg.max_lead_bytes = max_lead;
     let cache = streamcache::Cache::new(cfg)?;
     cache.stop();
     Ok(cache)
@@ -93,9 +99,10 @@ pub(crate) fn fanout(
     n: usize,
     size: u64,
     backpressure: bool,
+    max_lead: u64,
     sink: Sink,
 ) -> io::Result<Fanout> {
-    let cache = cache(dir, backpressure)?;
+    let cache = cache(dir, backpressure, max_lead)?;
     let span: Span = Arc::default();
     let barrier = Barrier::new(n + 1);
     let created = AtomicUsize::new(0);
@@ -257,7 +264,7 @@ mod tests {
     fn fanout_delivers_every_byte_to_every_reader_with_one_producer() {
         let dir = tmp("fanout");
         let data = data::buffer();
-        let r = fanout(dir.path(), &data, 3, 3 * data::MIB, true, Sink::Discard).unwrap();
+        let r = fanout(dir.path(), &data, 3, 3 * data::MIB, true, 0, Sink::Discard).unwrap();
         assert!(r.wall > 0.0 && r.writer > 0.0);
         assert_eq!(r.sendfile_bytes, 0);
     }
@@ -266,14 +273,14 @@ mod tests {
     fn fanout_through_send_to_moves_every_byte_with_sendfile() {
         let dir = tmp("sendto");
         let data = data::buffer();
-        let r = fanout(dir.path(), &data, 2, 2 * data::MIB, true, Sink::SendTo).unwrap();
+        let r = fanout(dir.path(), &data, 2, 2 * data::MIB, true, 0, Sink::SendTo).unwrap();
         assert_eq!(r.sendfile_bytes, 4 * data::MIB);
     }
 
     #[test]
     fn entry_file_finds_the_file_of_a_live_entry() {
         let dir = tmp("entry");
-        let c = cache(dir.path(), true).unwrap();
+        let c = cache(dir.path(), true, 0).unwrap();
         let (mut s, created) = c.find_or_create("k", |w| w.write_all(b"abc")).unwrap();
         assert!(created);
         let path = entry_file(dir.path()).unwrap();

@@ -360,7 +360,17 @@ impl Shared {
         }
         loop {
             let found = lock(&self.index).get(key).map(Arc::clone);
-            if let Some(entry) = found {
+            if let Some(entry) = found
+                .as_ref()
+                .filter(|e| self.is_expired(e, Instant::now()))
+            {
+                // Age is checked here, not only at the maintenance tick: an entry past
+                // `max_age` is never served, however long the tick is.
+                if self.forget(key, entry) {
+                    self.metrics.add_evicted(1);
+                    entry.remove_file();
+                }
+            } else if let Some(entry) = found {
                 match entry.open_reader() {
                     Ok((rx, opened)) => {
                         if opened {
@@ -379,7 +389,7 @@ impl Shared {
             }
             // A miss: everything that touches the disk happens before the index lock.
             let (file, entry_file) = self.create_file()?;
-            let (sender, tap) = pipe::channel(self.config.backpressure);
+            let (sender, tap) = pipe::channel(self.config.backpressure, self.config.max_lead_bytes);
             let entry = Arc::new(Entry::new(entry_file, tap));
             let (rx, opened) = match entry.open_reader() {
                 Ok(opened) => opened,
@@ -454,8 +464,15 @@ impl Shared {
         });
     }
 
+    /// Whether `entry` is past `max_age` at `now`: created strictly before
+    /// `now - max_age`.
+    fn is_expired(&self, entry: &Entry, now: Instant) -> bool {
+        now.saturating_duration_since(entry.created()) > self.config.max_age
+    }
+
     /// Removes `key` from the index if it still maps to `entry` (not a newer entry).
-    fn forget(&self, key: &str, entry: &Arc<Entry>) {
+    /// Returns whether it did.
+    fn forget(&self, key: &str, entry: &Arc<Entry>) -> bool {
         let mut index = lock(&self.index);
         if index
             .get(key)
@@ -469,7 +486,9 @@ impl Shared {
             }
             drop(index);
             entry.release_handle();
+            return true;
         }
+        false
     }
 
     fn maintain(&self, now: Instant, wall: SystemTime) {
@@ -491,12 +510,11 @@ impl Shared {
             let mut index = lock(&self.index);
             let mut expired = Vec::new();
             index.retain(|_, entry| {
-                // Expired: created strictly before `now - max_age`.
-                let keep = now.saturating_duration_since(entry.created()) <= self.config.max_age;
-                if !keep {
+                let expired_now = self.is_expired(entry, now);
+                if expired_now {
                     expired.push(Arc::clone(entry));
                 }
-                keep
+                !expired_now
             });
             self.metrics.set_index_entries(index.len());
             expired

@@ -35,19 +35,28 @@ pub struct Config {
     /// (`true`, the default), or let them write at full speed (`false`). Either way a
     /// producer whose readers have all gone is stopped.
     pub backpressure: bool,
+    /// With back pressure, how far the producer may run ahead of its fastest reader, in
+    /// bytes. 0 (the default) is the reference's rule: a write starts only once some
+    /// reader has read everything written, so producer and readers take turns. A window
+    /// (a few MiB) lets them overlap, so a producer that is faster than one reader
+    /// writes at its own speed, while still bounding what it writes that nobody has
+    /// read. A producer may pass the window by at most one write. Ignored without back
+    /// pressure.
+    pub max_lead_bytes: u64,
     /// A key is cached only once it has been asked for more than this many times; the
     /// first occurrences run their producer outside the cache. 0 caches every key.
     pub min_occurrences: u32,
 }
 
 impl Config {
-    /// A configuration for `dir` with the defaults: 5 minutes, back pressure on,
-    /// min-occurrences 1.
+    /// A configuration for `dir` with the defaults: 5 minutes, back pressure on with no
+    /// lead window, min-occurrences 1.
     pub fn new(dir: impl Into<PathBuf>) -> Config {
         Config {
             dir: dir.into(),
             max_age: DEFAULT_MAX_AGE,
             backpressure: true,
+            max_lead_bytes: 0,
             min_occurrences: 1,
         }
     }

@@ -131,6 +131,11 @@
 //! * **Async readers** (`tokio` feature) and **zero copy** with `splice(2)` as well as
 //!   `sendfile(2)`.
 //! * **Errors print each cause once**: `Display` says what failed, `source()` why.
+//! * **Age is checked at lookup**: an entry older than `max_age` is never served; the
+//!   reference serves it until the next maintenance tick (up to a minute later).
+//! * **A lead window**: [`Config::max_lead_bytes`] lets a producer run up to that many
+//!   bytes ahead of its fastest reader, so both work at once; 0 keeps the reference's
+//!   one write.
 //!
 //! # Features
 //!

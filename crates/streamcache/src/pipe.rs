@@ -6,7 +6,8 @@
 //!   producer --write--> [ entry file on disk / page cache ] --pread--> reader 1
 //!      ^                                                    --pread--> reader 2
 //!      |                                                    --pread--> reader N
-//!      +-- waits while written > read cursor (the fastest reader's high-water mark)
+//!      +-- waits while written > read cursor + lead (the fastest reader's high-water
+//!          mark, plus the lead window, 0 by default)
 //! ```
 //!
 //! Like tokio's `sync::watch`, a pipe is a private shared state with sealed ends:
@@ -132,10 +133,13 @@ pub(crate) struct Core {
     readers: Condvar,
     writer: Condvar,
     backpressure: bool,
+    /// With back pressure, how far past the fastest reader a write may start (0: only
+    /// when that reader has read everything, the reference's rule).
+    lead: u64,
 }
 
 impl Core {
-    pub(crate) fn new(backpressure: bool) -> Core {
+    pub(crate) fn new(backpressure: bool, lead: u64) -> Core {
         let read = Cursor::default();
         let writer_subscription = backpressure.then(|| read.subscribe());
         Core {
@@ -158,6 +162,7 @@ impl Core {
             readers: Condvar::new(),
             writer: Condvar::new(),
             backpressure,
+            lead,
         }
     }
 
@@ -225,7 +230,7 @@ impl Core {
                 return ready;
             }
             let read = self.read.flag_parked();
-            if self.written.position() <= read {
+            if self.written.position() <= read.saturating_add(self.lead) {
                 self.read.clear_parked();
                 continue;
             }
@@ -243,7 +248,7 @@ impl Core {
             return Some(Err(Error::ReadersGone));
         }
         let written = self.written.position();
-        if !self.backpressure || written <= self.read.position() {
+        if !self.backpressure || written <= self.read.position().saturating_add(self.lead) {
             return Some(Ok(written));
         }
         None
@@ -489,10 +494,12 @@ impl Core {
     }
 }
 
-/// Makes a pipe: the writer's end, and the tap that opens readers.
-pub(crate) fn channel(backpressure: bool) -> (Sender, Tap) {
+/// Makes a pipe: the writer's end, and the tap that opens readers. With
+/// `backpressure`, a write may start while the writer is at most `lead` bytes ahead of
+/// its fastest reader.
+pub(crate) fn channel(backpressure: bool, lead: u64) -> (Sender, Tap) {
     let shared = Arc::new(Shared {
-        core: Core::new(backpressure),
+        core: Core::new(backpressure, lead),
         outcome: Arc::new(Waiter::default()),
     });
     (

@@ -57,7 +57,7 @@ fn assert_readers_gone<T: std::fmt::Debug>(result: Result<T>) {
 /// other up until every reader has all the bytes and the writer has closed.
 fn writer_and_readers_reach_the_end(backpressure: bool, readers: usize, chunks: u64) {
     loom::model(move || {
-        let core = Arc::new(Core::new(backpressure));
+        let core = Arc::new(Core::new(backpressure, 0));
         let subscriptions = open_readers(&core, readers);
         let reading: Vec<_> = subscriptions
             .into_iter()
@@ -97,7 +97,7 @@ fn loom_without_back_pressure_readers_still_wake_for_every_write() {
 #[test]
 fn loom_the_last_reader_leaving_wakes_a_blocked_writer_with_readers_gone() {
     loom::model(|| {
-        let core = Arc::new(Core::new(true));
+        let core = Arc::new(Core::new(true, 0));
         let mut subscriptions = open_readers(&core, 1);
         // One write ahead of a reader at 0: the next write has to wait.
         let at = core.begin_write().unwrap();
@@ -123,7 +123,7 @@ fn loom_the_last_reader_leaving_wakes_a_blocked_writer_with_readers_gone() {
 #[test]
 fn loom_two_readers_leaving_together_stop_a_writing_writer() {
     loom::model(|| {
-        let core = Arc::new(Core::new(true));
+        let core = Arc::new(Core::new(true, 0));
         let subscriptions = open_readers(&core, 2);
         let writer = {
             let core = Arc::clone(&core);
@@ -164,7 +164,7 @@ fn loom_two_readers_leaving_together_stop_a_writing_writer() {
 /// close. Nothing in between.
 fn close_races_with_readers_coming_and_going(backpressure: bool) {
     loom::model(move || {
-        let core = Arc::new(Core::new(backpressure));
+        let core = Arc::new(Core::new(backpressure, 0));
         let mut subscriptions = open_readers(&core, 1);
         let at = core.begin_write().unwrap();
         core.end_write(at + 1);
@@ -234,7 +234,7 @@ fn block_on<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> T {
 /// and for the close, and the writer it holds back is woken by its progress.
 fn an_async_reader_follows_the_writer(backpressure: bool) {
     loom::model(move || {
-        let core = Arc::new(Core::new(backpressure));
+        let core = Arc::new(Core::new(backpressure, 0));
         let subscription = open_readers(&core, 1).remove(0);
         let reader = {
             let core = Arc::clone(&core);

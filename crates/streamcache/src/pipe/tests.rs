@@ -61,7 +61,7 @@ fn fixture(backpressure: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("entry");
     let file = File::create(&path).unwrap();
-    let (sender, tap) = channel(backpressure);
+    let (sender, tap) = channel(backpressure, 0);
     let pipe = Arc::new(Pipe {
         tap,
         path: path.clone().into(),
@@ -485,7 +485,7 @@ fn readers_coming_and_going_while_the_writer_closes_see_one_consistent_outcome(b
 // Core: the back-pressure rule of spec 2.3, without files.
 
 fn core_with_readers(backpressure: bool, n: usize) -> (Core, Vec<crate::cursor::Subscription>) {
-    let core = Core::new(backpressure);
+    let core = Core::new(backpressure, 0);
     let readers = (0..n)
         .map(|_| core.subscribe(|| Ok(())).unwrap().1)
         .collect();
@@ -528,6 +528,34 @@ fn a_write_waits_for_the_fastest_reader_and_slow_readers_never_hold_it_back() {
     assert_eq!(without_waiting(&core, || write(&core, 1)).unwrap(), 10);
     // And the slow reader can still read everything from where it is.
     assert_eq!(core.wait_readable(2), Readable::Until(10));
+}
+
+#[test]
+fn with_a_lead_window_the_writer_runs_that_far_ahead_of_the_fastest_reader_plus_one_write() {
+    let core = Core::new(true, 10);
+    let _reader = core.subscribe(|| Ok(())).unwrap().1;
+    // Writes start while at most 10 bytes are unread: at 0, 4 and 8; the one at 12 waits.
+    for expected in [4, 8, 12] {
+        assert_eq!(
+            without_waiting(&core, || write(&core, 4)).unwrap(),
+            expected
+        );
+    }
+    assert_eq!(
+        core.lead(),
+        12,
+        "the window (10) plus the last write (4) at most"
+    );
+    thread::scope(|s| {
+        let writer = s.spawn(|| core.begin_write());
+        assert_eq!(await_scoped_writer_held(&core, &writer), 12);
+        // 11 unread: still more than the window.
+        core.advance(1);
+        assert_eq!(await_scoped_writer_held(&core, &writer), 12);
+        // 10 unread: the write may start.
+        core.advance(2);
+        assert_eq!(writer.join().unwrap().unwrap(), 12);
+    });
 }
 
 #[test]

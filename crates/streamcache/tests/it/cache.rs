@@ -463,3 +463,26 @@ fn an_error_chain_names_each_cause_once() {
     assert_eq!(text.matches("Not a directory").count(), 1, "{text}");
     assert!(text.contains(&file.display().to_string()), "{text}");
 }
+
+#[test]
+fn an_entry_past_max_age_is_never_served_even_when_maintenance_has_not_run() {
+    let max_age = Duration::from_millis(50);
+    let c = TempCache::with(|cfg| cfg.max_age = max_age);
+    // No maintenance round can run: the thread is stopped.
+    c.cache.stop();
+    let (out, created) = fetch_vec(&c.cache, "key", produce("old")).unwrap();
+    assert_eq!((out.as_slice(), created), (&b"old"[..], true));
+
+    // The passage of time is what is tested here: the entry must be older than max_age.
+    std::thread::sleep(max_age * 2);
+    let (out, created) = fetch_vec(&c.cache, "key", produce("new")).unwrap();
+    assert!(created, "the expired entry was not served");
+    assert_eq!(out, b"new");
+    let stats = c.cache.stats();
+    assert_eq!(stats.evicted, 1, "the lookup evicted it");
+    assert_eq!(
+        c.files(),
+        1,
+        "and removed its file: only the new entry's is left"
+    );
+}

@@ -75,12 +75,22 @@ fn assert_disk_full(err: &Error, who: &str) {
     );
 }
 
+/// A cache on `root` whose entries live an hour (its maintenance thread never runs
+/// during a test).
 fn cache_on(root: PathBuf, backpressure: bool) -> streamcache::Cache {
     let mut cfg = crate::support::real_config(&root);
     cfg.backpressure = backpressure;
-    // Maintenance then removes every file; its own thread waits a minute between runs.
-    cfg.max_age = Duration::ZERO;
     streamcache::Cache::new(cfg).unwrap()
+}
+
+/// A cache on `root` whose maintenance removes every file there, whoever made it (max
+/// age 0): it stands for the sweep that reclaims space from other processes.
+fn sweeper_of(root: PathBuf) -> streamcache::Cache {
+    let mut cfg = crate::support::real_config(&root);
+    cfg.max_age = Duration::ZERO;
+    let cache = streamcache::Cache::new(cfg).unwrap();
+    cache.stop();
+    cache
 }
 
 #[test]
@@ -136,7 +146,7 @@ fn a_full_disk_fails_every_reader_and_the_cache_recovers_once_space_returns() {
         assert_eq!((out.as_slice(), created), (&b"fits now"[..], false));
 
         // Space taken by others (a full disk at file creation) comes back through
-        // maintenance, which removes every file once max_age (0 here) has passed.
+        // maintenance, which removes every file older than max_age (0 for the sweeper).
         let filler = root.join("filler");
         let fill = std::fs::write(&filler, vec![0u8; 16 << 20]);
         assert_eq!(
@@ -148,7 +158,7 @@ fn a_full_disk_fails_every_reader_and_the_cache_recovers_once_space_returns() {
         let (_, result) = drain(&mut full);
         assert!(result.is_err(), "no space for a new entry: {result:?}");
         drop(full);
-        cache.run_maintenance();
+        sweeper_of(root.clone()).run_maintenance();
         assert_eq!(count_files(&root), 0, "maintenance freed the space");
         let (out, created) = fetch_vec(&cache, "other", produce("works")).unwrap();
         assert_eq!((out.as_slice(), created), (&b"works"[..], true));
