@@ -77,8 +77,8 @@ struct ServeArgs {
     /// The largest stdin accepted, in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     max_stdin: Option<u64>,
-    /// Connections served at once; more are turned away and run their command
-    /// themselves [default: 1024].
+    /// Connections served at once, or fewer if the descriptor limit has room for
+    /// fewer; more are turned away and run their command themselves [default: 1024].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// error, warn, info, debug or trace [default: info].

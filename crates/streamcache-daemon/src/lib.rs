@@ -19,6 +19,7 @@ mod allow;
 mod chain;
 mod cli;
 mod client;
+mod descriptors;
 mod key;
 mod metrics;
 mod producer;

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, PidfdFlags, Resource, Rlimit, Signal};
 
 use crate::chain::Chain;
 use crate::spill::Spill;
@@ -106,6 +106,9 @@ pub(crate) struct Job {
     pub(crate) stdin: Spill,
     pub(crate) timeout: Option<Duration>,
     pub(crate) children: Arc<Children>,
+    /// The descriptor limit the command starts with, if not the daemon's own: the one
+    /// the daemon was started with, before it raised its own (see `descriptors`).
+    pub(crate) nofile: Option<Rlimit>,
 }
 
 impl Job {
@@ -125,6 +128,9 @@ impl Job {
             // reach the children; the daemon stops them itself.
             .process_group(0);
         die_with_the_daemon(&mut cmd);
+        if let Some(limit) = self.nofile {
+            start_with_limit(&mut cmd, limit);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot run {program:?}: {e}")))?;
@@ -209,6 +215,15 @@ fn die_with_the_daemon(cmd: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// Gives the command `limit` as its descriptor limit.
+fn start_with_limit(cmd: &mut Command, limit: Rlimit) {
+    // SAFETY: the closure runs in the child between fork and exec. It makes one system
+    // call (prlimit64), async-signal-safe, and neither allocates nor takes a lock.
+    unsafe {
+        cmd.pre_exec(move || Ok(rustix::process::setrlimit(Resource::Nofile, limit)?));
     }
 }
 
@@ -339,6 +354,7 @@ mod tests {
             stdin: spill,
             timeout: None,
             children: Arc::default(),
+            nofile: None,
         }
     }
 

@@ -3,8 +3,11 @@
 //! Threads, not async: one thread per connection, blocking I/O. The library is
 //! thread-native (producers run on its threads) and a connection spends its life in
 //! one `sendfile(2)` loop, so a thread each is the simplest thing that is also fast.
-//! At most `max_connections` are served at once; the accept loop answers the next ones
-//! "busy" itself, so no number of clients makes threads or memory grow without bound.
+//! At most `max_connections` are served at once, or fewer if the descriptor limit has
+//! room for fewer (see [`crate::descriptors`]); the accept loop answers the next ones
+//! "busy" itself, so no number of clients makes threads, memory or descriptors grow
+//! without bound. Should the descriptors run out all the same, a spare one lets the
+//! accept loop still tell waiting clients "busy".
 //!
 //! A connection: check the peer's uid, read the request frame and the stdin that
 //! follows (under a deadline), check the allow-list, hash the key, `find_or_create`,
@@ -15,20 +18,22 @@
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::process::Signal;
 use streamcache::Cache;
 
 use crate::chain::Chain;
+use crate::descriptors;
 use crate::key::KeyHasher;
 use crate::metrics;
 use crate::producer::Job;
@@ -50,6 +55,8 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         // be refused by them, or be the wrong daemon.
         anyhow::bail!("daemon_user: the daemon must run as uid {uid}, not as uid {me}");
     }
+    // Before the cache is made: it sizes its kept handles from the limit.
+    let inherited = descriptors::raise();
     socket::prepare_dir(&settings.dir, true)?;
     socket::prepare_dir(&settings.entries_dir(), true)?;
     // Signals first: from here on they are queued for the accept loop, never fatal.
@@ -67,11 +74,19 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     }
     let bound = socket::bind(&settings.socket)?;
     let cache = Cache::new(settings.cache_config()).context("cannot start the cache")?;
-    let daemon = Arc::new(Daemon::new(cache, settings));
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(
+            scrape::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut spare = Spare::open();
+    // Everything the daemon keeps open for its life is open now.
+    let budget = descriptors::Budget::plan(inherited, settings.max_connections)?;
+    budget.log();
+    let daemon = Arc::new(Daemon::new(cache, settings, budget));
     let mut status = format!("serving on {}", bound.path.display());
-    if let Some(addr) = daemon.settings.metrics_listen {
-        let listener =
-            scrape::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    if let Some(listener) = metrics_listener {
         let local = listener.local_addr()?;
         status.push_str(&format!("; metrics on http://{local}/metrics"));
         let d = Arc::clone(&daemon);
@@ -94,7 +109,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         "READY=1\nSTATUS={status}\nMAINPID={}",
         std::process::id()
     ));
-    let result = accept_loop(&daemon, &bound, &signal_rx);
+    let result = accept_loop(&daemon, &bound, &signal_rx, &mut spare);
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     bound.remove_file();
     drop(bound);
@@ -108,18 +123,25 @@ fn accept_loop(
     daemon: &Arc<Daemon>,
     bound: &socket::Bound,
     signals: &UnixStream,
+    spare: &mut Spare,
 ) -> anyhow::Result<()> {
     bound.listener.set_nonblocking(true)?;
+    // Accepts that failed since the last that worked. Logged when they start failing
+    // and when they work again, not at each failure: they may fail every few ms.
+    let mut failing: u64 = 0;
+    let mut back_off = false;
     loop {
-        let (listen_ready, signal_ready) = {
+        let (listen_ready, signal_ready) = if std::mem::take(&mut back_off) {
+            // Out of something `accept` needs: try again in a moment, or stop at a signal.
+            let mut fds = [PollFd::new(signals, PollFlags::IN)];
+            wait(&mut fds, Some(BACK_OFF))?;
+            (true, !fds[0].revents().is_empty())
+        } else {
             let mut fds = [
                 PollFd::new(&bound.listener, PollFlags::IN),
                 PollFd::new(signals, PollFlags::IN),
             ];
-            match poll(&mut fds, None) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(io::Error::from(e)).context("poll"),
-            }
+            wait(&mut fds, None)?;
             (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
         };
         if signal_ready {
@@ -130,25 +152,52 @@ fn accept_loop(
             continue;
         }
         match bound.listener.accept() {
-            Ok((stream, _)) => spawn_connection(daemon, stream),
+            Ok((stream, _)) => {
+                if failing > 0 {
+                    tracing::info!(failed = failing, "accepting connections again");
+                    failing = 0;
+                }
+                spawn_connection(daemon, stream);
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => {
-                // EMFILE and friends: log, back off a little, keep serving.
-                tracing::error!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(50));
+                if failing == 0 {
+                    tracing::error!(error = %e, "accept failed; clients are turned away or wait until it works again");
+                }
+                failing += 1;
+                let out_of_descriptors = matches!(
+                    rustix::io::Errno::from_io_error(&e),
+                    Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+                );
+                if !(out_of_descriptors && spare.turn_away(daemon, &bound.listener)) {
+                    back_off = true;
+                }
             }
         }
+    }
+}
+
+/// How long the accept loop waits before it tries again after a failed `accept`.
+const BACK_OFF: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: 0,
+    tv_nsec: 50_000_000,
+};
+
+fn wait(fds: &mut [PollFd<'_>], timeout: Option<rustix::event::Timespec>) -> anyhow::Result<()> {
+    match poll(fds, timeout.as_ref()) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(io::Error::from(e)).context("poll"),
     }
 }
 
 fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
     daemon.counters.connections.fetch_add(1, Relaxed);
     let Some(slot) = daemon.admit() else {
-        return turn_away(daemon, stream);
+        return turn_away(daemon, stream, &at_the_limit(daemon));
     };
     // The thread drops its slot last, after everything the connection counted. If the
     // thread cannot start, the slot goes with the closure.
@@ -166,21 +215,72 @@ fn spawn_connection(daemon: &Arc<Daemon>, stream: UnixStream) {
     }
 }
 
+/// The `busy` answer at the connection limit, which says where the limit comes from.
+fn at_the_limit(daemon: &Daemon) -> String {
+    let limits = &daemon.descriptors;
+    if limits.is_lowered() {
+        format!(
+            "busy: serving {} connections already (as many as the descriptor limit has \
+             room for; max_connections is {})",
+            limits.connections, limits.max_connections
+        )
+    } else {
+        format!(
+            "busy: serving {} connections already (max_connections)",
+            limits.connections
+        )
+    }
+}
+
 /// Answers a connection over the limit, on the accept loop's thread, without reading
 /// it: a thread per connection must not mean threads (and memory) without bound. The
 /// client runs the command itself.
-fn turn_away(daemon: &Daemon, mut stream: UnixStream) {
+fn turn_away(daemon: &Daemon, mut stream: UnixStream, message: &str) {
     daemon.counters.busy.fetch_add(1, Relaxed);
-    let max = daemon.settings.max_connections;
-    tracing::debug!(max, "connection limit reached; a client is turned away");
+    tracing::debug!(message, "a client is turned away");
     // A new socket's buffer is empty, so this small write cannot wait; non-blocking
     // makes sure the accept loop never does.
     if stream.set_nonblocking(true).is_ok() {
-        respond(
-            &mut stream,
-            Status::Error,
-            &format!("busy: serving {max} connections already (max_connections)"),
-        );
+        respond(&mut stream, Status::Error, message);
+    }
+}
+
+/// A descriptor held in reserve for when the daemon has none left. Without one, the
+/// daemon could not accept the clients waiting in the listen queue, and they would
+/// wait, told nothing, until some connection ended. With it, the accept loop gives it
+/// up to accept one waiting client, tells it `busy` (it runs its command itself), and
+/// takes it back.
+#[derive(Debug)]
+struct Spare(Option<OwnedFd>);
+
+impl Spare {
+    fn open() -> Spare {
+        Spare(Spare::descriptor())
+    }
+
+    fn descriptor() -> Option<OwnedFd> {
+        rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()
+    }
+
+    /// Turns one waiting client away on the spare descriptor. False if there was no
+    /// spare (another thread took the descriptor it freed last time) or no client.
+    fn turn_away(&mut self, daemon: &Daemon, listener: &UnixListener) -> bool {
+        let Some(spare) = self.0.take() else {
+            self.0 = Spare::descriptor();
+            return false;
+        };
+        drop(spare);
+        // The client's socket is closed again before the spare is reopened.
+        let accepted = listener.accept().map(|(stream, _)| {
+            daemon.counters.connections.fetch_add(1, Relaxed);
+            turn_away(
+                daemon,
+                stream,
+                "busy: the daemon is out of file descriptors",
+            );
+        });
+        self.0 = Spare::descriptor();
+        accepted.is_ok()
     }
 }
 
@@ -327,6 +427,7 @@ fn serve_request(
         stdin,
         timeout: daemon.settings.producer_timeout,
         children: Arc::clone(&daemon.children),
+        nofile: daemon.descriptors.for_commands(),
     };
     let span = tracing::info_span!("request", pid, key = &key[..16]);
     let _enter = span.enter();

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use streamcache::Cache;
 
+use crate::descriptors::Budget;
 use crate::producer::Children;
 use crate::settings::ServeSettings;
 
@@ -33,20 +34,23 @@ pub(crate) struct Counters {
 pub(crate) struct Daemon {
     pub(crate) cache: Cache,
     pub(crate) settings: ServeSettings,
+    /// What the descriptor limit allows: how many connections are served at once.
+    pub(crate) descriptors: Budget,
     pub(crate) counters: Counters,
     pub(crate) children: Arc<Children>,
     pub(crate) started: Instant,
-    /// Connections being served: what `max_connections` limits, and what a stopping
-    /// daemon waits on (`idle` is notified when it reaches 0).
+    /// Connections being served: what [`Daemon::admit`] holds to the limit, and what a
+    /// stopping daemon waits on (`idle` is notified when it reaches 0).
     active: Mutex<usize>,
     idle: Condvar,
 }
 
 impl Daemon {
-    pub(crate) fn new(cache: Cache, settings: ServeSettings) -> Daemon {
+    pub(crate) fn new(cache: Cache, settings: ServeSettings, descriptors: Budget) -> Daemon {
         Daemon {
             cache,
             settings,
+            descriptors,
             counters: Counters::default(),
             children: Arc::default(),
             started: Instant::now(),
@@ -55,11 +59,12 @@ impl Daemon {
         }
     }
 
-    /// Takes a place among the `max_connections` connections served at once, if one is
-    /// free. The place is given back when the [`Slot`] is dropped.
+    /// Takes a place among the connections served at once (`max_connections`, or fewer
+    /// if the descriptor limit says so), if one is free. The place is given back when
+    /// the [`Slot`] is dropped.
     pub(crate) fn admit(self: &Arc<Self>) -> Option<Slot> {
         let mut active = lock(&self.active);
-        if *active >= self.settings.max_connections {
+        if *active >= self.descriptors.connections {
             return None;
         }
         *active += 1;
@@ -92,7 +97,7 @@ impl Daemon {
     }
 }
 
-/// One connection's place among the `max_connections`. The connection's thread owns it
+/// One connection's place among those served at once. The connection's thread owns it
 /// and drops it last, after everything it counted.
 #[derive(Debug)]
 pub(crate) struct Slot(Arc<Daemon>);

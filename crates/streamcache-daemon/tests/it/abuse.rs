@@ -1,7 +1,8 @@
 //! Bad input on the socket: every cut of a valid request, garbage, oversized lengths,
-//! silent clients and thousands of connections opened and dropped. The daemon answers
-//! with an error or closes, never panics, keeps serving, and gives back the threads,
-//! descriptors and memory each connection took.
+//! silent clients, thousands of connections opened and dropped, and more connections
+//! than the descriptor limit allows. The daemon answers with an error or closes, never
+//! panics, keeps serving, and gives back the threads, descriptors and memory each
+//! connection took.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,8 +11,9 @@ use std::path::Path;
 use streamcache_daemon::wire::{self, Kind, Request, Status};
 
 use crate::support::{
-    fds_besides_entries, is_running, lasting_threads, status_kib, text, thread_count, wait_for_fds,
-    wait_for_threads, wait_until, Daemon,
+    descriptor_limit, fds_besides_entries, is_running, lasting_threads, serve_refuses_to_start,
+    status_kib, text, thread_count, wait_for_fds, wait_for_threads, wait_until, Daemon, BIN,
+    PATIENCE,
 };
 
 /// A valid request for `sh -c 'echo served'` with `stdin_len` bytes of stdin.
@@ -253,6 +255,12 @@ fn thousands_of_connections_opened_and_dropped_leave_no_threads_descriptors_or_m
     // A limit above the load: every connection gets its thread (the limit itself is
     // tested below).
     let daemon = Daemon::start(&["--allow", "sh", "--max-connections", "4096"]);
+    let room = daemon.descriptor_figures()["connections"];
+    assert!(
+        room > CONNECTIONS as u64,
+        "the daemon's descriptor limit has room for {room} connections, this test holds \
+         {CONNECTIONS} and a stats request: raise the hard limit (ulimit -Hn)"
+    );
     let pid = daemon.pid();
     let entries = daemon.dir.path().join("cache/entries");
     daemon.settle();
@@ -351,4 +359,101 @@ fn past_the_connection_limit_clients_are_turned_away_and_run_the_command_themsel
     wait_for_fds(pid, &entries, &fds_before);
     assert_eq!(daemon.stat("busy_total"), turned_away + 1);
     assert_still_serving(&daemon, "below the limit again");
+}
+
+#[test]
+fn at_a_low_descriptor_limit_connections_past_what_it_allows_are_busy_and_requests_are_served() {
+    // Idle connections alone would take more descriptors than the daemon is started
+    // with (issue 10: at 1024, 1,100 idle connections took them all, and nobody was
+    // told `busy`).
+    const CONNECTIONS: usize = 200;
+    let daemon = Daemon::start_with(&["--allow", "sh", "--request-timeout", "1h"], |cmd| {
+        descriptor_limit(cmd, 128, 256)
+    });
+    // It raised its soft limit to the hard one, and serves as many connections at once
+    // as the descriptors left have room for: fewer than max_connections.
+    let figures = daemon.descriptor_figures();
+    assert_eq!(
+        (figures["soft_before"], figures["soft"], figures["hard"]),
+        (128, 256, 256),
+        "{figures:?}"
+    );
+    let room = (figures["soft"] - figures["open"] - figures["reserve"] - figures["kept_handles"])
+        / figures["per_connection"];
+    assert_eq!(figures["connections"], room, "{figures:?}");
+    assert!(
+        0 < room && room < figures["max_connections"],
+        "max_connections lowered: {figures:?}"
+    );
+    let limit = room as usize;
+    let pid = daemon.pid();
+    let entries = daemon.dir.path().join("cache/entries");
+    daemon.settle();
+    let fds_before = fds_besides_entries(pid, &entries);
+    let threads_before = lasting_threads(pid);
+    let connect = || {
+        let conn = UnixStream::connect(&daemon.socket).unwrap();
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        conn
+    };
+    // As many silent connections as it serves, each with its thread once accepted.
+    let held: Vec<UnixStream> = (0..limit).map(|_| connect()).collect();
+    wait_until("the held connections are accepted", || {
+        thread_count(pid) == threads_before.len() + limit
+    });
+    // The rest, all at once: each is told `busy` at once.
+    let extra: Vec<UnixStream> = (limit..CONNECTIONS).map(|_| connect()).collect();
+    let turned_away = extra.len() as u64;
+    for (i, mut conn) in extra.into_iter().enumerate() {
+        let (kind, payload) = wire::read_frame(&mut conn)
+            .unwrap_or_else(|e| panic!("connection {} past the limit: no answer: {e}", limit + i));
+        assert_eq!(kind, Kind::Response);
+        let (status, message) = wire::decode_response(&payload).unwrap();
+        assert_eq!(status, Status::Error);
+        assert!(
+            message.starts_with(&format!("busy: serving {limit} connections already"))
+                && message.contains("descriptor limit"),
+            "{message}"
+        );
+    }
+    // A request meanwhile is told `busy` too, and its client runs the command itself.
+    let out = daemon.exec(true, &["sh", "-c", "echo ran it myself"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran it myself\n");
+    assert!(text(&out.stderr).contains("busy"), "{}", text(&out.stderr));
+    // Once the silent ones go, requests are served by the daemon again; its commands
+    // get the limit the daemon was started with, not the one it raised.
+    drop(held);
+    wait_for_threads(pid, &threads_before);
+    wait_for_fds(pid, &entries, &fds_before);
+    let out = daemon.exec(true, &["sh", "-c", "ulimit -Sn; ulimit -Hn"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "128\n256\n");
+    assert_eq!(text(&out.stderr), "", "served by the daemon, no fallback");
+    assert_eq!(daemon.stat("busy_total"), turned_away + 1);
+    let mut daemon = daemon;
+    assert!(daemon.stop().success());
+    let log = daemon.whole_log();
+    assert!(
+        !log.contains("accept failed"),
+        "never out of descriptors:\n{log}"
+    );
+}
+
+#[test]
+fn a_descriptor_limit_with_no_room_for_a_connection_stops_the_daemon_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--dir")
+        .arg(dir.path().join("cache"));
+    descriptor_limit(&mut cmd, 100, 100);
+    let err = serve_refuses_to_start(cmd, dir.path());
+    assert!(
+        err.contains("the descriptor limit (100) leaves no room for a single connection")
+            && err.contains("LimitNOFILE="),
+        "{err}"
+    );
 }

@@ -1029,3 +1029,39 @@ pub(crate) fn serve_refuses_to_start(mut cmd: Command, notify_dir: &Path) -> Str
     assert!(!status.success(), "it exited 0: {stderr}");
     stderr
 }
+
+/// Makes `cmd` start with the descriptor limit `soft` (and `hard`), lower than the
+/// test's own: a test can lower a limit, never raise the hard one.
+pub(crate) fn descriptor_limit(cmd: &mut Command, soft: u64, hard: u64) {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    use std::os::unix::process::CommandExt;
+    let limit = Rlimit {
+        current: Some(soft),
+        maximum: Some(hard),
+    };
+    // SAFETY: the closure runs in the child between fork and exec and makes one system
+    // call (prlimit64), which is async-signal-safe; it neither allocates nor locks.
+    unsafe {
+        cmd.pre_exec(move || Ok(setrlimit(Resource::Nofile, limit)?));
+    }
+}
+
+impl Daemon {
+    /// The figures of the daemon's start-up line about its descriptor limit
+    /// (`soft=256 open=12 connections=16 …`), by name. Unlimited figures are left out.
+    pub(crate) fn descriptor_figures(&self) -> HashMap<String, u64> {
+        // The ready line comes after it: once that was read, so was the start-up line.
+        if !self.log().contains("serving on") {
+            self.wait_for_log(&["serving on"]);
+        }
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("descriptor limit") && l.contains("connections="))
+            .unwrap_or_else(|| panic!("no start-up line with the descriptor figures:\n{log}"));
+        line.split_whitespace()
+            .filter_map(|field| field.split_once('='))
+            .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+            .collect()
+    }
+}
