@@ -20,6 +20,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use crate::admission::Admission;
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::direct;
 use crate::entry::Entry;
@@ -30,6 +31,7 @@ use crate::filestore::FileStore;
 use crate::janitor::{self, Janitor};
 use crate::metrics::{Metrics, Stats};
 use crate::pipe;
+use crate::room::{OnTransient, Room};
 use crate::runner::{self, Producer};
 use crate::stream::Stream;
 use crate::sync::{lock, Mutex};
@@ -78,6 +80,8 @@ struct Shared {
     store: Arc<FileStore>,
     index: Mutex<HashMap<String, Arc<Entry>>>,
     metrics: Arc<Metrics>,
+    /// The disk budget and free-space guard, if either is set.
+    budget: Option<Arc<Budget>>,
     admission: Option<Admission>,
     janitor: Mutex<Option<Janitor>>,
     kept: KeptHandles,
@@ -146,7 +150,9 @@ pub enum Lookup {
     /// This call created the entry and started its producer.
     Miss,
     /// The producer runs outside the cache for this call alone: the cache is disabled,
-    /// or the key has not occurred often enough yet (min-occurrences rule).
+    /// the key has not occurred often enough yet (min-occurrences rule), there is no
+    /// room for a new entry under the disk budget or the free-space guard, or the key's
+    /// entry turned transient. The caller still gets every byte.
     Bypass,
 }
 
@@ -172,8 +178,15 @@ impl Cache {
         config.validate()?;
         let admission = (config.min_occurrences > 0)
             .then(|| Admission::new(config.min_occurrences, config.max_age));
+        let store = Arc::new(FileStore::new(config.dir.clone()));
+        let budget = Budget::new(
+            config.max_disk_bytes,
+            config.min_free_bytes,
+            Arc::clone(&store),
+        );
         let shared = Arc::new(Shared {
-            store: Arc::new(FileStore::new(config.dir.clone())),
+            store,
+            budget,
             config,
             index: Mutex::new(HashMap::new()),
             metrics: Arc::new(Metrics::default()),
@@ -187,6 +200,12 @@ impl Cache {
             #[cfg(test)]
             on_remove: std::sync::OnceLock::new(),
         });
+        if let Some(budget) = &shared.budget {
+            let weak = Arc::downgrade(&shared);
+            budget.evict_with(Box::new(move || {
+                weak.upgrade().is_some_and(|shared| shared.evict_for_room())
+            }));
+        }
         let weak = Arc::downgrade(&shared);
         let janitor = Janitor::start(janitor::period(shared.config.max_age), move || {
             match weak.upgrade() {
@@ -339,7 +358,16 @@ impl Cache {
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> Stats {
         match &self.flavor {
-            Flavor::Enabled(shared) => shared.metrics.snapshot(),
+            Flavor::Enabled(shared) => {
+                let mut stats = shared.metrics.snapshot();
+                if let Some(budget) = &shared.budget {
+                    let (used, reserved) = budget.usage();
+                    stats.disk_budget_bytes = budget.limit();
+                    stats.disk_used_bytes = used;
+                    stats.disk_reserved_bytes = reserved;
+                }
+                stats
+            }
             Flavor::Disabled(metrics) => metrics.snapshot(),
         }
     }
@@ -359,11 +387,9 @@ impl Shared {
             }
         }
         loop {
+            let now = Instant::now();
             let found = lock(&self.index).get(key).map(Arc::clone);
-            if let Some(entry) = found
-                .as_ref()
-                .filter(|e| self.is_expired(e, Instant::now()))
-            {
+            if let Some(entry) = found.as_ref().filter(|e| self.is_expired(e, now)) {
                 // Age is checked here, not only at the maintenance tick: an entry past
                 // `max_age` is never served, however long the tick is.
                 if self.forget(key, entry) {
@@ -376,10 +402,9 @@ impl Shared {
                         if opened {
                             self.kept.kept(&entry);
                         }
+                        entry.touch(now);
                         self.metrics.add_hits(1);
-                        let stream =
-                            Stream::entry(rx, Arc::clone(entry.path()), Arc::clone(&self.metrics));
-                        return Ok((stream, Lookup::Hit));
+                        return Ok((self.stream(&entry, rx), Lookup::Hit));
                     }
                     Err(err) => {
                         tracing::debug!(key, error = %Chain(&err), "streamcache: entry unusable, replacing it");
@@ -388,9 +413,24 @@ impl Shared {
                 }
             }
             // A miss: everything that touches the disk happens before the index lock.
-            let (file, entry_file) = self.create_file()?;
+            // With a budget, the entry first holds its first chunk; without room, the
+            // producer runs outside the cache.
+            let footprint = match &self.budget {
+                None => None,
+                Some(budget) => match budget.open(crate::budget::PAGE) {
+                    Some(footprint) => Some(footprint),
+                    None => return self.bypass_for_room(key, producer),
+                },
+            };
+            let (file, entry_file) = match self.create_file() {
+                Ok(created) => created,
+                Err(err) if self.budget.is_some() && err.kind() == io::ErrorKind::StorageFull => {
+                    return self.bypass_for_room(key, producer);
+                }
+                Err(err) => return Err(err),
+            };
             let (sender, tap) = pipe::channel(self.config.backpressure, self.config.max_lead_bytes);
-            let entry = Arc::new(Entry::new(entry_file, tap));
+            let entry = Arc::new(Entry::new(entry_file, tap, footprint));
             let (rx, opened) = match entry.open_reader() {
                 Ok(opened) => opened,
                 Err(err) => {
@@ -414,9 +454,16 @@ impl Shared {
                 self.kept.kept(&entry);
             }
             self.metrics.add_misses(1);
-            let stream = Stream::entry(rx, Arc::clone(entry.path()), Arc::clone(&self.metrics));
+            let stream = self.stream(&entry, rx);
+            let room = entry.footprint().map(|footprint| {
+                Room::new(
+                    Arc::clone(footprint),
+                    self.leave_when_transient(key, &entry),
+                    Arc::clone(&self.metrics),
+                )
+            });
             #[cfg_attr(not(test), allow(unused_mut))]
-            let mut writer = Writer::entry(sender, file, Arc::clone(entry.path()));
+            let mut writer = Writer::entry(sender, file, Arc::clone(entry.path()), room);
             #[cfg(test)]
             if let Some(kind) = self.close_fault.get() {
                 writer.inject_close_fault(*kind);
@@ -424,6 +471,71 @@ impl Shared {
             self.start_producer(key, entry, writer, producer);
             return Ok((stream, Lookup::Miss));
         }
+    }
+
+    fn stream(&self, entry: &Entry, rx: pipe::Receiver) -> Stream {
+        Stream::entry(
+            rx,
+            Arc::clone(entry.path()),
+            entry.footprint().map(Arc::clone),
+            Arc::clone(&self.metrics),
+        )
+    }
+
+    /// No room for a new entry: the producer streams to this caller alone.
+    fn bypass_for_room(&self, key: &str, producer: Producer) -> Result<(Stream, Lookup)> {
+        self.metrics.add_room_bypasses(1);
+        self.metrics.add_bypassed(1);
+        tracing::debug!(
+            key,
+            "streamcache: no room for a new entry, bypassing the cache"
+        );
+        Ok((direct::start(key, producer, &self.metrics)?, Lookup::Bypass))
+    }
+
+    /// What an entry does when it turns transient: it leaves the index (later lookups
+    /// of its key miss), its name goes (nobody will open it again; open readers read
+    /// on), and it admits no new readers.
+    fn leave_when_transient(self: &Arc<Self>, key: &str, entry: &Arc<Entry>) -> OnTransient {
+        let weak = Arc::downgrade(self);
+        let key = key.to_owned();
+        let entry = Arc::downgrade(entry);
+        Box::new(move || {
+            let Some(entry) = entry.upgrade() else {
+                return;
+            };
+            entry.seal();
+            if let Some(shared) = weak.upgrade() {
+                shared.forget(&key, &entry);
+            }
+            entry.remove_file();
+            tracing::debug!(key, "streamcache: entry outgrew its room, now transient");
+        })
+    }
+
+    /// Evicts the least recently used finished entry, to make room under the budget.
+    /// Returns false if there is none.
+    fn evict_for_room(&self) -> bool {
+        let victim = {
+            let mut index = lock(&self.index);
+            let oldest = index
+                .iter()
+                .filter(|(_, entry)| entry.is_complete())
+                .min_by_key(|(_, entry)| entry.last_used())
+                .map(|(key, _)| key.clone());
+            let Some(key) = oldest else {
+                return false;
+            };
+            let victim = index.remove(&key);
+            self.metrics.set_index_entries(index.len());
+            victim
+        };
+        if let Some(entry) = victim {
+            self.metrics.add_evicted(1);
+            entry.release_handle();
+            entry.remove_file();
+        }
+        true
     }
 
     fn create_file(&self) -> Result<(File, crate::filestore::EntryFile)> {

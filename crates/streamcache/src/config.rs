@@ -43,6 +43,24 @@ pub struct Config {
     /// read. A producer may pass the window by at most one write. Ignored without back
     /// pressure.
     pub max_lead_bytes: u64,
+    /// The most bytes this cache's entry files may take, counting finished entries,
+    /// entries being written, and evicted files that readers still hold open. `None`
+    /// (the default): no budget.
+    ///
+    /// An entry being written holds room ahead of its writes in chunks of at most an
+    /// eighth of the budget, and gives back what it did not use when it finishes. To
+    /// make room, finished entries are evicted, least recently used first; an entry
+    /// being written never is. A miss that cannot get room runs its producer outside
+    /// the cache ([`Lookup::Bypass`](crate::Lookup::Bypass)); an entry that outgrows
+    /// the room it can get turns *transient*: it takes no new readers, releases the
+    /// part of its file every reader has read, and holds its producer back to its
+    /// slowest reader, so every reader that was attached gets every byte. Lack of room
+    /// never fails a lookup or a reader.
+    pub max_disk_bytes: Option<u64>,
+    /// Keep at least this many bytes free on the file system of `dir` (`statvfs`),
+    /// whatever else fills it: checked at every reservation, with the same means as the
+    /// budget (evict, bypass, turn transient). 0 (the default): no guard.
+    pub min_free_bytes: u64,
     /// A key is cached only once it has been asked for more than this many times; the
     /// first occurrences run their producer outside the cache. 0 caches every key.
     pub min_occurrences: u32,
@@ -57,6 +75,8 @@ impl Config {
             max_age: DEFAULT_MAX_AGE,
             backpressure: true,
             max_lead_bytes: 0,
+            max_disk_bytes: None,
+            min_free_bytes: 0,
             min_occurrences: 1,
         }
     }
@@ -65,8 +85,15 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the field if `dir` is empty or relative.
+    /// [`Error::Config`] naming the field if `dir` is empty or relative, or
+    /// `max_disk_bytes` is 0.
     pub fn validate(&self) -> Result<()> {
+        if self.max_disk_bytes == Some(0) {
+            return Err(Error::config(
+                "max_disk_bytes",
+                "must be above 0 (leave it unset for no budget)",
+            ));
+        }
         if self.dir.as_os_str().is_empty() {
             return Err(Error::config("dir", "must not be empty"));
         }

@@ -11,9 +11,11 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
+use crate::budget::Footprint;
 use crate::error::Result;
 use crate::filestore::EntryFile;
 use crate::pipe::{Receiver, Tap};
@@ -32,21 +34,56 @@ pub(crate) struct Entry {
     /// no `open(2)`; the cache bounds how many entries keep one (`KeptHandles`).
     kept: Mutex<Option<Arc<File>>>,
     created: Instant,
+    /// The file's share of the disk budget, if there is one: the entry holds it as
+    /// long as it lives, each stream as long as it reads.
+    footprint: Option<Arc<Footprint>>,
+    /// When a lookup last found the entry, in nanoseconds after `created` (for
+    /// eviction to make room, least recently used first).
+    last_used: AtomicU64,
 }
 
 impl Entry {
-    pub(crate) fn new(file: EntryFile, tap: Tap) -> Entry {
+    pub(crate) fn new(file: EntryFile, tap: Tap, footprint: Option<Arc<Footprint>>) -> Entry {
         Entry {
             file,
             tap,
             shared: Mutex::new(Weak::new()),
             kept: Mutex::new(None),
             created: Instant::now(),
+            footprint,
+            last_used: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn created(&self) -> Instant {
         self.created
+    }
+
+    pub(crate) fn footprint(&self) -> Option<&Arc<Footprint>> {
+        self.footprint.as_ref()
+    }
+
+    /// A lookup found the entry at `now`.
+    pub(crate) fn touch(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.created).as_nanos();
+        self.last_used
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// When a lookup last found the entry (its creation if none did).
+    pub(crate) fn last_used(&self) -> Instant {
+        self.created + std::time::Duration::from_nanos(self.last_used.load(Relaxed))
+    }
+
+    /// Whether the producer finished successfully (only such entries are evicted to
+    /// make room).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.tap.is_complete()
+    }
+
+    /// Admits no new readers (the entry turned transient).
+    pub(crate) fn seal(&self) {
+        self.tap.seal();
     }
 
     /// The entry file's path, for messages.

@@ -29,6 +29,10 @@ pub enum Op {
     Random,
     /// Starting a thread (a producer or the maintenance thread).
     Spawn,
+    /// Releasing the part of a transient entry's file that every reader has read.
+    Release,
+    /// Asking the file system how much space is free (the free-space guard).
+    FreeSpace,
 }
 
 impl fmt::Display for Op {
@@ -44,6 +48,8 @@ impl fmt::Display for Op {
             Op::Walk => "walk",
             Op::Random => "random name",
             Op::Spawn => "spawn thread for",
+            Op::Release => "release read part of",
+            Op::FreeSpace => "measure free space of",
         })
     }
 }

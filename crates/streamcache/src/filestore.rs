@@ -183,6 +183,15 @@ impl FileStore {
             .ok_or_else(|| Error::io(Op::Mkdir, &self.root, io::ErrorKind::NotFound.into()))
     }
 
+    /// Bytes free to unprivileged users on the root's file system (the root is made
+    /// first if it is missing).
+    pub(crate) fn free_bytes(&self) -> Result<u64> {
+        let root = self.root_for_create(false)?;
+        let st = rustix::fs::fstatvfs(&*root)
+            .map_err(|e| Error::io(Op::FreeSpace, &self.root, e.into()))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// Creates a new, empty, uniquely named file and returns its write handle and the
     /// value that owns its name.
     pub(crate) fn create(&self) -> Result<(File, EntryFile)> {

@@ -147,6 +147,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod budget;
 mod cache;
 mod config;
 mod cursor;
@@ -154,10 +155,12 @@ mod direct;
 mod entry;
 mod error;
 mod filestore;
+mod floor;
 mod janitor;
 mod metrics;
 mod pipe;
 mod pool;
+mod room;
 mod runner;
 mod stream;
 mod sync;

@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     sendfile_bytes: AtomicU64,
     disk_usage_bytes: AtomicU64,
     swept_files: AtomicU64,
+    room_bypasses: AtomicU64,
+    transient_entries: AtomicU64,
 }
 
 macro_rules! adders {
@@ -36,11 +38,23 @@ adders! {
     add_served_bytes => served_bytes,
     add_sendfile_bytes => sendfile_bytes,
     add_swept_files => swept_files,
+    add_room_bypasses => room_bypasses,
 }
 
 impl Metrics {
     pub(crate) fn set_index_entries(&self, n: usize) {
         self.index_entries.store(n as u64, Relaxed);
+    }
+
+    /// Entries transient now: `+1` when one turns, `-1` when it finishes.
+    pub(crate) fn add_transient_entries(&self, delta: i64) {
+        if delta >= 0 {
+            self.transient_entries
+                .fetch_add(delta.unsigned_abs(), Relaxed);
+        } else {
+            self.transient_entries
+                .fetch_sub(delta.unsigned_abs(), Relaxed);
+        }
     }
 
     pub(crate) fn set_disk_usage(&self, bytes: u64) {
@@ -60,6 +74,12 @@ impl Metrics {
             sendfile_bytes: self.sendfile_bytes.load(Relaxed),
             disk_usage_bytes: self.disk_usage_bytes.load(Relaxed),
             swept_files: self.swept_files.load(Relaxed),
+            room_bypasses: self.room_bypasses.load(Relaxed),
+            transient_entries: self.transient_entries.load(Relaxed),
+            // Filled in by the cache, which owns the budget.
+            disk_budget_bytes: None,
+            disk_used_bytes: 0,
+            disk_reserved_bytes: 0,
         }
     }
 }
@@ -82,7 +102,7 @@ pub struct Stats {
     pub failures: u64,
     /// Entries in the index now (gauge).
     pub index_entries: u64,
-    /// Entries removed from the index by age.
+    /// Entries removed from the index by age, or to make room under the disk budget.
     pub evicted: u64,
     /// Bytes written by producers.
     pub generated_bytes: u64,
@@ -97,4 +117,18 @@ pub struct Stats {
     pub disk_usage_bytes: u64,
     /// Files removed by the directory sweep.
     pub swept_files: u64,
+    /// `max_disk_bytes`, if a budget is set.
+    pub disk_budget_bytes: Option<u64>,
+    /// Bytes this cache's entry files take now, by its own count (in whole pages;
+    /// with a budget or a free-space guard, else 0): finished entries, entries being
+    /// written, and evicted files that readers still hold open (gauge).
+    pub disk_used_bytes: u64,
+    /// Bytes held ahead of writes by entries being written (gauge).
+    pub disk_reserved_bytes: u64,
+    /// Entries that outgrew the room they could get and are being written as
+    /// transient entries now: no new readers, read parts released (gauge).
+    pub transient_entries: u64,
+    /// Lookups that bypassed the cache because there was no room for a new entry
+    /// (also counted in `bypassed`).
+    pub room_bypasses: u64,
 }

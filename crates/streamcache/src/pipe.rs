@@ -41,6 +41,7 @@ use crate::cursor::{Cursor, Subscription};
 use std::sync::atomic::Ordering::SeqCst;
 
 use crate::error::{Error, Result};
+use crate::floor::{Floor, Mark};
 use crate::sync::{lock, AtomicBool, AtomicU8, Condvar, Mutex};
 use crate::waiter::Waiter;
 
@@ -86,6 +87,8 @@ struct State {
     announced: u64,
     /// Some waiting readers were not woken for the latest writes.
     unannounced: bool,
+    /// No new readers: the entry is transient (see [`crate::room`]).
+    sealed: bool,
 }
 
 /// The coordination state of one pipe (see the module docs).
@@ -150,6 +153,7 @@ impl Core {
                 wakers: Vec::new(),
                 announced: 0,
                 unannounced: false,
+                sealed: false,
             }),
             written: Cursor::default(),
             read,
@@ -177,12 +181,17 @@ impl Core {
         &self,
         open: impl FnOnce() -> Result<T>,
     ) -> Result<(T, Subscription)> {
-        let _st = lock(&self.state);
-        if self.is_broken() {
+        let st = lock(&self.state);
+        if self.is_broken() || st.sealed {
             return Err(Error::ReadersGone);
         }
         let opened = open()?;
         Ok((opened, self.written.subscribe()))
+    }
+
+    /// Admits no new readers from now on; those open read on.
+    pub(crate) fn seal(&self) {
+        lock(&self.state).sealed = true;
     }
 
     pub(crate) fn close_reader(&self, subscription: Subscription) {
@@ -501,6 +510,7 @@ pub(crate) fn channel(backpressure: bool, lead: u64) -> (Sender, Tap) {
     let shared = Arc::new(Shared {
         core: Core::new(backpressure, lead),
         outcome: Arc::new(Waiter::default()),
+        floor: Floor::default(),
     });
     (
         Sender {
@@ -511,11 +521,13 @@ pub(crate) fn channel(backpressure: bool, lead: u64) -> (Sender, Tap) {
     )
 }
 
-/// What both ends see: the coordination core and the producer's result.
+/// What both ends see: the coordination core, the producer's result, and where the
+/// slowest reader is.
 #[derive(Debug)]
 struct Shared {
     core: Core,
     outcome: Arc<Waiter>,
+    floor: Floor,
 }
 
 /// Opens readers of a pipe. The entry that owns the pipe's file holds it.
@@ -529,13 +541,29 @@ impl Tap {
     /// the pipe's lock, so a reader is never added to a pipe that has just broken
     /// (every reader gone before the writer finished); nothing else runs under it.
     pub(crate) fn subscribe(&self, open: impl FnOnce() -> Result<Arc<File>>) -> Result<Receiver> {
-        let (file, subscription) = self.shared.core.subscribe(open)?;
+        // On the floor under the pipe's lock too: once `seal` returns, every reader
+        // that got in is on it.
+        let ((file, mark), subscription) = self
+            .shared
+            .core
+            .subscribe(|| Ok((open()?, self.shared.floor.join())))?;
         Ok(Receiver {
             shared: Arc::clone(&self.shared),
             file,
             position: 0,
             subscription: Some(subscription),
+            mark,
         })
+    }
+
+    /// Admits no new readers; those open read on (a transient entry).
+    pub(crate) fn seal(&self) {
+        self.shared.core.seal();
+    }
+
+    /// Whether the producer finished successfully.
+    pub(crate) fn is_complete(&self) -> bool {
+        matches!(self.shared.outcome.get(), Some(Ok(())))
     }
 
     /// The producer's result, once published.
@@ -564,6 +592,11 @@ impl Sender {
     /// Publishes that the file now holds `position` bytes.
     pub(crate) fn end_write(&self, position: u64) {
         self.shared.core.end_write(position);
+    }
+
+    /// Where the slowest open reader is.
+    pub(crate) fn floor(&self) -> &Floor {
+        &self.shared.floor
     }
 
     /// Publishes the end of a complete stream. Fails, publishing nothing, if every
@@ -601,6 +634,7 @@ pub(crate) struct Receiver {
     file: Arc<File>,
     position: u64,
     subscription: Option<Subscription>,
+    mark: Mark,
 }
 
 impl Receiver {
@@ -620,6 +654,7 @@ impl Receiver {
     pub(crate) fn consume(&mut self, n: u64) {
         self.position += n;
         self.shared.core.advance(self.position);
+        self.mark.set(self.position, &self.shared.floor);
     }
 
     /// Blocks until this reader has something to do.
@@ -660,6 +695,7 @@ impl Drop for Receiver {
         if let Some(subscription) = self.subscription.take() {
             self.shared.core.close_reader(subscription);
         }
+        self.mark.close(&self.shared.floor);
     }
 }
 

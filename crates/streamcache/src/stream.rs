@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::budget::Footprint;
 use crate::direct;
 use crate::error::{Error, Op, Result};
 use crate::metrics::Metrics;
@@ -51,11 +52,14 @@ enum Source {
     Direct(direct::Reader),
 }
 
-/// A reader of a cached entry: the pipe's reader end, and the file's path for messages.
+/// A reader of a cached entry: the pipe's reader end, the file's path for messages,
+/// and the file's share of the disk budget (an open file keeps its blocks, so it
+/// counts until its last reader closes it).
 #[derive(Debug)]
 pub(crate) struct EntryReader {
     pub(crate) rx: Receiver,
     path: Arc<Path>,
+    _footprint: Option<Arc<Footprint>>,
 }
 
 impl EntryReader {
@@ -118,10 +122,19 @@ impl EntryReader {
 }
 
 impl Stream {
-    pub(crate) fn entry(rx: Receiver, path: Arc<Path>, metrics: Arc<Metrics>) -> Stream {
+    pub(crate) fn entry(
+        rx: Receiver,
+        path: Arc<Path>,
+        footprint: Option<Arc<Footprint>>,
+        metrics: Arc<Metrics>,
+    ) -> Stream {
         Stream {
             outcome: Arc::clone(rx.outcome()),
-            source: Source::Entry(EntryReader { rx, path }),
+            source: Source::Entry(EntryReader {
+                rx,
+                path,
+                _footprint: footprint,
+            }),
             metrics,
             served: 0,
         }

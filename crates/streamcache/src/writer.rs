@@ -2,12 +2,14 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::direct::Sink;
 use crate::error::{Error, Op, Result};
 use crate::pipe::Sender;
+use crate::room::Room;
 
 /// Where a producer writes the entry's bytes.
 ///
@@ -17,6 +19,11 @@ use crate::pipe::Sender;
 /// caught up with everything written so far, so the producer runs at most one write call
 /// ahead of its fastest reader. Bound your write sizes to bound that lead (64 KiB is a
 /// good size).
+///
+/// With a disk budget or a free-space guard, an entry that has no more room turns
+/// transient (see [`Config::max_disk_bytes`](crate::Config::max_disk_bytes)): a write
+/// may then wait for the slowest reader, and goes to the file in pieces that readers
+/// see as they come.
 ///
 /// Once every reader has gone, writes fail with [`io::ErrorKind::BrokenPipe`], as a Unix
 /// pipe would: nobody is left to read what the producer makes, so it should stop.
@@ -36,6 +43,8 @@ enum Inner {
         file: Option<File>,
         path: Arc<Path>,
         failure: Option<Error>,
+        /// The entry's room on disk, with a budget or a free-space guard.
+        room: Option<Room>,
         #[cfg(test)]
         close_fault: Option<io::ErrorKind>,
     },
@@ -44,13 +53,14 @@ enum Inner {
 }
 
 impl Writer {
-    pub(crate) fn entry(sender: Sender, file: File, path: Arc<Path>) -> Writer {
+    pub(crate) fn entry(sender: Sender, file: File, path: Arc<Path>, room: Option<Room>) -> Writer {
         Writer {
             inner: Inner::Entry {
                 sender,
                 file: Some(file),
                 path,
                 failure: None,
+                room,
                 #[cfg(test)]
                 close_fault: None,
             },
@@ -93,6 +103,7 @@ impl Writer {
                 sender,
                 file,
                 failure,
+                room,
                 #[cfg(test)]
                 close_fault,
                 #[cfg(test)]
@@ -101,6 +112,9 @@ impl Writer {
             } => {
                 // The file is closed first, as the reference does, then the pipe decides.
                 drop(file.take());
+                if let Some(room) = room {
+                    room.finish();
+                }
                 #[cfg(test)]
                 if let Some(kind) = close_fault.take() {
                     let err = Error::io(Op::Close, &**path, io::Error::from(kind));
@@ -121,8 +135,13 @@ impl Writer {
     /// The producer failed: publishes `err` to every reader, in one step.
     pub(crate) fn fail(&mut self, err: Error) {
         match &mut self.inner {
-            Inner::Entry { sender, file, .. } => {
+            Inner::Entry {
+                sender, file, room, ..
+            } => {
                 drop(file.take());
+                if let Some(room) = room {
+                    room.finish();
+                }
                 sender.fail(err);
             }
             Inner::Direct(sink) => sink.finish(Err(err)),
@@ -150,25 +169,61 @@ impl Write for Writer {
                 file,
                 path,
                 failure,
+                room,
                 ..
             } => {
                 if let Some(err) = failure {
                     return Err(err.clone().into());
                 }
-                sender.begin_write()?;
-                let Some(file) = file.as_mut() else {
-                    return Err(Error::WriterClosed.into());
-                };
-                if let Err(e) = file.write_all(buf) {
-                    // The part of this call that did reach the file is not published:
-                    // readers never see a torn write, only what came before it and
-                    // then the error. (The reference publishes the partial bytes.)
-                    let err = Error::io(Op::Write, &**path, e);
-                    *failure = Some(err.clone());
-                    return Err(err.into());
+                // One piece, unless the entry is transient and short of room.
+                let mut rest = buf;
+                while !rest.is_empty() {
+                    sender.begin_write()?;
+                    let Some(file) = file.as_mut() else {
+                        return Err(Error::WriterClosed.into());
+                    };
+                    let n = match room {
+                        None => rest.len(),
+                        Some(room) => {
+                            let len = rest.len() as u64;
+                            match room.admit(sender.floor(), file, path, self.written, len) {
+                                // At most `len`, which is a `usize`.
+                                Ok(n) => usize::try_from(n).unwrap_or(rest.len()),
+                                Err(Error::ReadersGone) => return Err(Error::ReadersGone.into()),
+                                Err(err) => {
+                                    *failure = Some(err.clone());
+                                    return Err(err.into());
+                                }
+                            }
+                        }
+                    };
+                    // At the writer's own position, so that a piece tried again after a
+                    // full file system starts where the last one that counted ended.
+                    if let Err(e) = file.write_all_at(&rest[..n], self.written) {
+                        let full = matches!(
+                            e.kind(),
+                            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                        );
+                        // The file system filled up under the budget (another program
+                        // raced the guard): make room from what readers have passed.
+                        if full && room.as_mut().is_some_and(|r| r.out_of_space(self.written)) {
+                            continue;
+                        }
+                        // The part of this piece that did reach the file is not
+                        // published: readers never see a torn write, only what came
+                        // before it and then the error. (The reference publishes the
+                        // partial bytes.)
+                        let err = Error::io(Op::Write, &**path, e);
+                        *failure = Some(err.clone());
+                        return Err(err.into());
+                    }
+                    self.written += n as u64;
+                    if let Some(room) = room {
+                        room.wrote(self.written);
+                    }
+                    sender.end_write(self.written);
+                    rest = &rest[n..];
                 }
-                self.written += buf.len() as u64;
-                sender.end_write(self.written);
                 Ok(buf.len())
             }
             Inner::Direct(sink) => {

@@ -67,7 +67,7 @@ fn fixture(backpressure: bool) -> Fixture {
         path: path.clone().into(),
     });
     let reader = open(&pipe).unwrap();
-    let writer = Writer::entry(sender, file, Arc::clone(&pipe.path));
+    let writer = Writer::entry(sender, file, Arc::clone(&pipe.path), None);
     Fixture {
         _dir: dir,
         path,
@@ -83,6 +83,7 @@ fn open(pipe: &Arc<Pipe>) -> Result<Stream> {
     Ok(Stream::entry(
         reader,
         Arc::clone(&pipe.path),
+        None,
         Arc::new(Metrics::default()),
     ))
 }

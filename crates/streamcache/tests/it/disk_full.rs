@@ -2,54 +2,15 @@
 //! Mounting needs root; without it these tests fail (CI runs as root).
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use streamcache::{Error, Op};
 
 use crate::support::{
-    count_files, drain, fetch_vec, never, produce, with_and_without_backpressure,
+    count_files, drain, fetch_vec, never, produce, with_and_without_backpressure, Tmpfs,
 };
-
-/// An 8 MiB tmpfs mounted on a fresh temporary directory, unmounted on drop.
-struct SmallTmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallTmpfs {
-    fn mount() -> SmallTmpfs {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        if let Err(err) = mount(
-            Some("tmpfs"),
-            dir.path(),
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("size=8m,mode=0700"),
-        ) {
-            panic!(
-                "mounting an 8 MiB tmpfs on {} failed: {err} (this test needs root: euid is {})",
-                dir.path().display(),
-                nix::unistd::geteuid()
-            );
-        }
-        SmallTmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        // Lazy: a descriptor still open somewhere must not leave the mount behind.
-        if let Err(err) = umount2(self.dir.path(), MntFlags::MNT_DETACH) {
-            eprintln!("unmounting {} failed: {err}", self.dir.path().display());
-        }
-    }
-}
 
 /// The producer: waits for `go`, then tries to write 16 MiB in 64 KiB writes.
 fn sixteen_mib(
@@ -96,7 +57,7 @@ fn sweeper_of(root: PathBuf) -> streamcache::Cache {
 #[test]
 fn a_full_disk_fails_every_reader_and_the_cache_recovers_once_space_returns() {
     with_and_without_backpressure(|backpressure| {
-        let tmpfs = SmallTmpfs::mount();
+        let tmpfs = Tmpfs::mount(8);
         let root = tmpfs.path().join("cache");
         let cache = cache_on(root.clone(), backpressure);
 
@@ -169,8 +130,8 @@ fn a_full_disk_fails_every_reader_and_the_cache_recovers_once_space_returns() {
 #[test]
 fn a_write_cut_short_by_a_full_disk_is_never_shown_to_readers() {
     with_and_without_backpressure(|backpressure| {
-        let tmpfs = SmallTmpfs::mount();
-        let cache = cache_on(tmpfs.dir.path().join("cache"), backpressure);
+        let tmpfs = Tmpfs::mount(8);
+        let cache = cache_on(tmpfs.path().join("cache"), backpressure);
         let (tx, gate) = mpsc::channel();
         let (mut stream, created) = cache
             .find_or_create("torn", move |w| {
@@ -193,10 +154,7 @@ fn a_write_cut_short_by_a_full_disk_is_never_shown_to_readers() {
         drop(stream);
         // The failed entry's file is removed at once, so its space is back without
         // waiting for maintenance: a 6 MiB entry fits again.
-        assert_eq!(
-            crate::support::count_files(&tmpfs.dir.path().join("cache")),
-            0
-        );
+        assert_eq!(crate::support::count_files(&tmpfs.path().join("cache")), 0);
         let (bytes, created) =
             crate::support::fetch_vec(&cache, "after", |w| w.write_all(&vec![1u8; 6 << 20]))
                 .unwrap();

@@ -4,6 +4,7 @@
 mod admission;
 #[cfg(feature = "tokio")]
 mod asynchronous;
+mod budget;
 mod cache;
 mod disk_full;
 mod empty_read;

@@ -165,3 +165,50 @@ pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// A tmpfs of a few MiB mounted on a fresh temporary directory, unmounted on drop: a
+/// real file system that really fills up. Mounting needs root (CI runs as root).
+pub(crate) struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub(crate) fn mount(mib: u64) -> Tmpfs {
+        use nix::mount::{mount, MsFlags};
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let options = format!("size={mib}m,mode=0700");
+        if let Err(err) = mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        ) {
+            panic!(
+                "mounting a {mib} MiB tmpfs on {} failed: {err} (this test needs root: euid is {})",
+                dir.path().display(),
+                nix::unistd::geteuid()
+            );
+        }
+        Tmpfs { dir }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes in use on the file system now.
+    pub(crate) fn used(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(self.dir.path()).expect("statvfs of the tmpfs");
+        (st.blocks() - st.blocks_free()) * st.fragment_size()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a descriptor still open somewhere must not leave the mount behind.
+        if let Err(err) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("unmounting {} failed: {err}", self.dir.path().display());
+        }
+    }
+}

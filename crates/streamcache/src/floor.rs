@@ -1,0 +1,131 @@
+//! The floor of a pipe: the position of its slowest open reader.
+//!
+//! The pipe's back pressure follows the *fastest* reader (a slow reader must not hold
+//! the producer back), so the pipe itself never asks where the slowest one is. A
+//! transient entry does (see [`crate::room`]): it may release the part of its file that
+//! every open reader has passed, and when it has no room left it waits for the slowest
+//! reader instead. That is rare, so the price on the data path is kept to one atomic
+//! store and one atomic load per read: each reader publishes its position in a mark
+//! of its own, and looks whether anyone waits for the floor to move.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+
+use crate::sync::{lock, AtomicBool, AtomicU64, Condvar, Mutex};
+
+/// A closed reader's mark: it no longer holds anything back.
+const CLOSED: u64 = u64::MAX;
+
+/// The open readers' positions, and a writer that may wait for the lowest to rise.
+#[derive(Debug, Default)]
+pub(crate) struct Floor {
+    marks: Mutex<Vec<Arc<AtomicU64>>>,
+    /// Someone waits in [`Floor::wait_above`]: readers that move must wake it.
+    waiting: AtomicBool,
+    moved: Condvar,
+}
+
+/// One reader's place on the floor. Dropping it takes the reader off.
+#[derive(Debug)]
+pub(crate) struct Mark {
+    position: Arc<AtomicU64>,
+}
+
+impl Floor {
+    /// Puts a reader at position 0 on the floor.
+    pub(crate) fn join(&self) -> Mark {
+        let position = Arc::new(AtomicU64::new(0));
+        lock(&self.marks).push(Arc::clone(&position));
+        Mark { position }
+    }
+
+    /// The lowest position of an open reader; `None` if no reader is open.
+    pub(crate) fn lowest(&self) -> Option<u64> {
+        let mut marks = lock(&self.marks);
+        marks.retain(|m| m.load(SeqCst) != CLOSED);
+        marks.iter().map(|m| m.load(SeqCst)).min()
+    }
+
+    /// Waits until every open reader is past `position`, and returns the lowest
+    /// position then (`None` once no reader is open).
+    pub(crate) fn wait_above(&self, position: u64) -> Option<u64> {
+        let mut marks = lock(&self.marks);
+        // Raised before the positions are read, and readers store their position before
+        // they look at it (both SeqCst): a reader that moves after the check below sees
+        // the flag and wakes us, under the lock, so the wake-up cannot be lost.
+        self.waiting.store(true, SeqCst);
+        let lowest = loop {
+            marks.retain(|m| m.load(SeqCst) != CLOSED);
+            match marks.iter().map(|m| m.load(SeqCst)).min() {
+                Some(lowest) if lowest <= position => {}
+                lowest => break lowest,
+            }
+            marks = crate::sync::wait(&self.moved, marks);
+        };
+        self.waiting.store(false, SeqCst);
+        lowest
+    }
+
+    fn moved(&self) {
+        if self.waiting.load(SeqCst) {
+            let _marks = lock(&self.marks);
+            self.moved.notify_all();
+        }
+    }
+}
+
+impl Mark {
+    /// This reader is now at `position`.
+    pub(crate) fn set(&self, position: u64, floor: &Floor) {
+        self.position.store(position, SeqCst);
+        floor.moved();
+    }
+
+    /// This reader has closed.
+    pub(crate) fn close(&self, floor: &Floor) {
+        self.set(CLOSED, floor);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_is_the_lowest_open_reader_and_closed_readers_do_not_count() {
+        let floor = Floor::default();
+        assert_eq!(floor.lowest(), None);
+        let (a, b) = (floor.join(), floor.join());
+        a.set(10, &floor);
+        assert_eq!(floor.lowest(), Some(0));
+        b.set(4, &floor);
+        assert_eq!(floor.lowest(), Some(4));
+        b.close(&floor);
+        assert_eq!(floor.lowest(), Some(10));
+        a.close(&floor);
+        assert_eq!(floor.lowest(), None);
+    }
+
+    #[test]
+    fn a_wait_for_the_floor_ends_when_the_slowest_reader_passes_or_closes() {
+        let floor = Floor::default();
+        let (slow, fast) = (floor.join(), floor.join());
+        fast.set(100, &floor);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| floor.wait_above(5));
+            slow.set(5, &floor);
+            slow.set(6, &floor);
+            assert_eq!(waiter.join().unwrap(), Some(6));
+        });
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| floor.wait_above(6));
+            slow.close(&floor);
+            assert_eq!(waiter.join().unwrap(), Some(100));
+        });
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| floor.wait_above(100));
+            fast.close(&floor);
+            assert_eq!(waiter.join().unwrap(), None);
+        });
+    }
+}
