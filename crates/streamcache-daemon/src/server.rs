@@ -50,6 +50,8 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         // be refused by them, or be the wrong daemon.
         anyhow::bail!("daemon_user: the daemon must run as uid {uid}, not as uid {me}");
     }
+    // Else every command would fail to start, and every client would run it uncached.
+    crate::supervisor::check_available()?;
     socket::prepare_dir(&settings.dir, true)?;
     socket::prepare_dir(&settings.entries_dir(), true)?;
     // Signals first: from here on they are queued for the accept loop, never fatal.
