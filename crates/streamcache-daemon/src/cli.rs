@@ -32,6 +32,10 @@ enum Command {
     Exec(ExecArgs),
     /// Print the daemon's counters.
     Stats(StatsArgs),
+    /// The daemon's own: run a command, and kill everything it started when the daemon
+    /// says so or dies (see `supervisor.rs`).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -132,9 +136,33 @@ struct StatsArgs {
     raw: bool,
 }
 
+#[derive(Debug, Args)]
+struct SuperviseArgs {
+    /// The descriptor of the daemon's control socket.
+    control: i32,
+    /// The command: BINARY ARG0 ARGS...
+    #[arg(
+        required = true,
+        num_args = 2..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
 /// The binary's `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    run(Cli::parse())
+}
+
+/// `main` with these arguments: how the library's unit-test binary acts as the
+/// supervisor (see `supervisor.rs`).
+#[cfg(test)]
+pub(crate) fn main_with(args: Vec<OsString>) -> ExitCode {
+    run(Cli::parse_from(args))
+}
+
+fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Exec(args) => {
             let code = client::exec(ExecOptions {
@@ -149,6 +177,7 @@ pub fn main() -> ExitCode {
         }
         Command::Serve(args) => report(serve(args)),
         Command::Stats(args) => report(stats(args)),
+        Command::Supervise(args) => crate::supervisor::supervise(args.control, &args.command),
     }
 }
 
@@ -254,5 +283,27 @@ mod tests {
             command,
             ["git", "--shallow-file", "", "pack-objects", "--stdout"]
         );
+    }
+
+    #[test]
+    fn supervise_takes_the_binary_arg0_and_arguments_after_the_double_dash() {
+        let cli = Cli::try_parse_from([
+            "streamcache",
+            "supervise",
+            "7",
+            "--",
+            "/usr/bin/git",
+            "git",
+            "-c",
+            "",
+            "pack-objects",
+        ])
+        .unwrap();
+        let Command::Supervise(args) = cli.command else {
+            panic!("not supervise")
+        };
+        assert_eq!(args.control, 7);
+        let command: Vec<&str> = args.command.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(command, ["/usr/bin/git", "git", "-c", "", "pack-objects"]);
     }
 }

@@ -20,10 +20,11 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// Descriptors one connection holds at most while its command streams: the socket, the
 /// command's stdin (a memory file or the spilled stdin), the read ends of its stdout
-/// and stderr, the entry's write handle and its read handle, and the pipe the entry is
-/// staged in on its way to the socket while the reader follows the writer closely
-/// (`streamcache`'s `zerocopy`). A connection that hits an entry holds fewer.
-const PER_CONNECTION: u64 = 8;
+/// and stderr, the socket to the command's supervisor, the entry's write handle and its
+/// read handle, and the pipe the entry is staged in on its way to the socket while the
+/// reader follows the writer closely (`streamcache`'s `zerocopy`). A connection that
+/// hits an entry holds fewer.
+const PER_CONNECTION: u64 = 9;
 
 /// Descriptors the daemon opens after start besides its connections': the cache's
 /// handle on its directory and the sweep's walk below it, an entry's fan-out directory
@@ -31,13 +32,13 @@ const PER_CONNECTION: u64 = 8;
 /// notify socket, and some slack.
 const FIXED_RESERVE: u64 = 16;
 
-/// Starting a command takes 4 descriptors more for a moment: the child's ends of its
-/// stdout and stderr pipes, and the pipe on which the runtime learns whether `exec`
-/// worked. The reserve has room for this many commands starting at once. A start past
+/// Starting a command takes 5 descriptors more for a moment: the supervisor's end of
+/// its socket, the child's ends of its stdout and stderr pipes, and the pipe on which
+/// the runtime learns whether `exec` worked. The reserve has room for this many commands starting at once. A start past
 /// that which finds no descriptor fails before any output, and the clients waiting
 /// for that command run it themselves (fail open).
 const STARTS_AT_ONCE: u64 = 8;
-const PER_START: u64 = 4;
+const PER_START: u64 = 5;
 
 /// Descriptors set aside for what is not a connection.
 const RESERVE: u64 = FIXED_RESERVE + STARTS_AT_ONCE * PER_START;

@@ -29,6 +29,7 @@ mod settings;
 mod socket;
 mod spill;
 mod state;
+mod supervisor;
 pub mod wire;
 
 pub use cli::main;

@@ -3,7 +3,11 @@
 //! It runs on a thread of the cache library, not on the connection that asked for it,
 //! so the first caller leaving does not stop it (spec 7.4: upload-pack kills its hook
 //! when it exits). It stops when every reader has left: the library's writer then
-//! fails with `BrokenPipe`, and the child is killed.
+//! fails with `BrokenPipe`, and the command is killed.
+//!
+//! The command runs under a [`Supervisor`], a process of its own that kills everything
+//! the command started when the producer is done with it or the daemon dies (see
+//! `supervisor.rs`). Stopping one waits until all of that is gone.
 //!
 //! The entry is a sequence of frames (see [`crate::wire`]): `O` and `E` frames of at
 //! most 64 KiB with the command's stdout and stderr in the order they were read, then
@@ -21,17 +25,19 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
-use rustix::process::{Pid, PidfdFlags, Resource, Rlimit, Signal};
+use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use crate::chain::Chain;
 use crate::spill::Spill;
+use crate::supervisor::Supervisor;
 use crate::wire::frame::{frame, put_header, Kind, HEADER_LEN, MAX_DATA_PAYLOAD};
 use crate::wire::reply::ExitStatus;
 
@@ -64,8 +70,9 @@ impl Children {
         self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Sends `signal` to every running child and its process group. Their producers
-    /// reap them.
+    /// Sends `signal` to every running command and its process group. Their producers
+    /// see them end and stop their supervisors, which take down the rest of each tree;
+    /// if the daemon exits first, its end of their sockets closes, and so do they.
     pub(crate) fn signal_all(&self, signal: Signal) {
         for &pid in lock(&self.pids).iter() {
             if let Some(pid) = Pid::from_raw(pid) {
@@ -115,47 +122,46 @@ impl Job {
     /// Runs the command, writing its frames into `w`. See the module docs.
     pub(crate) fn run<W: Write>(self, w: &mut W) -> io::Result<()> {
         let program = self.program.to_string_lossy().into_owned();
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg0(&self.program)
-            .args(&self.args)
-            .current_dir(&self.cwd)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(self.stdin.into_stdio()?)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group: a Ctrl-C meant for a daemon in a terminal does not
-            // reach the children; the daemon stops them itself.
-            .process_group(0);
-        die_with_the_daemon(&mut cmd);
-        if let Some(limit) = self.nofile {
-            start_with_limit(&mut cmd, limit);
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {program:?}: {e}")))?;
-        let _guard = self.children.add(child.id());
+        let stdin = self.stdin.into_stdio()?;
+        let (cwd, env, nofile) = (&self.cwd, &self.env, self.nofile);
+        let mut supervisor = Supervisor::start(&self.binary, &self.program, &self.args, |cmd| {
+            cmd.current_dir(cwd)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(stdin)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            // The supervisor, and so the command, get the daemon's original limit.
+            if let Some(limit) = nofile {
+                start_with_limit(cmd, limit);
+            }
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run {program:?}: {e}")))?;
+        let _guard = self.children.add(supervisor.command_pid());
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        let pumped = match (child.stdout.take(), child.stderr.take()) {
-            (Some(out), Some(err)) => pump(out.into(), err.into(), w, deadline),
-            _ => Err(io::Error::other("child pipes missing")),
+        let pumped = match supervisor.take_output() {
+            Some((out, err)) => pump(out.into(), err.into(), w, deadline),
+            None => Err(io::Error::other("child pipes missing")),
         };
         // A command may close its output and go on running: the deadline holds for
         // the wait as well.
-        let ended = pumped.and_then(|()| wait_until(&mut child, deadline));
+        let ended = pumped.and_then(|()| supervisor.wait_until(deadline));
         let status = match ended {
             Ok(Some(status)) => status,
-            Ok(None) => return timed_out(&mut child, &program, self.timeout, w),
+            Ok(None) => return timed_out(supervisor, &program, self.timeout, w),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return timed_out(&mut child, &program, self.timeout, w)
+                return timed_out(supervisor, &program, self.timeout, w)
             }
             Err(e) => {
-                stop(&mut child);
+                supervisor.stop();
                 // The writer's error may carry the library's, with causes of its own.
                 tracing::debug!(program, error = %Chain(&e), "producer stopped; child killed");
                 return Err(e);
             }
         };
+        // What the command started and left running goes now, before the entry is
+        // complete: nothing outlives its producer.
+        supervisor.stop();
         let exit = match (status.code(), status.signal()) {
             (Some(code), _) => ExitStatus::Code(code),
             (None, Some(signal)) => ExitStatus::Signal(signal),
@@ -173,14 +179,14 @@ impl Job {
 /// Kills a command that ran past the producer timeout and tells its readers so, as the
 /// command's own last words: a line on stderr and an exit by SIGKILL. Clients then
 /// fail with that message (exit 137) instead of running the command themselves, which
-/// would hang them as it hung here.
+/// would hang them as it hung here. The whole tree is gone before they hear of it.
 fn timed_out<W: Write>(
-    child: &mut Child,
+    supervisor: Supervisor,
     program: &str,
     timeout: Option<Duration>,
     w: &mut W,
 ) -> io::Result<()> {
-    stop(child);
+    supervisor.stop();
     let limit = timeout.map_or_else(String::new, |t| humantime::format_duration(t).to_string());
     tracing::warn!(program, timeout = %limit, "producer timeout reached; command killed");
     let message = format!(
@@ -197,28 +203,8 @@ fn timed_out<W: Write>(
     ))
 }
 
-/// Makes the kernel kill the command if the daemon dies (SIGKILL, a crash) while it
-/// runs: a daemon that cannot stop its children must not leave them behind, silent and
-/// unread, for ever. The signal is tied to the thread that starts the command, a
-/// producer thread, which waits for the command before it does anything else.
-fn die_with_the_daemon(cmd: &mut Command) {
-    let daemon = rustix::process::getpid();
-    // SAFETY: the closure runs in the child between fork and exec. It makes two system
-    // calls (prctl, getppid), both async-signal-safe, and neither allocates nor takes
-    // a lock; its error is built from a raw errno or a kind, which does not allocate.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            // The daemon died before that took effect: nobody would send the signal.
-            if rustix::process::getppid() != Some(daemon) {
-                return Err(rustix::io::Errno::SRCH.into());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Gives the command `limit` as its descriptor limit.
+/// Gives the supervisor, and so the command it starts, `limit` as its descriptor
+/// limit.
 fn start_with_limit(cmd: &mut Command, limit: Rlimit) {
     // SAFETY: the closure runs in the child between fork and exec. It makes one system
     // call (prlimit64), async-signal-safe, and neither allocates nor takes a lock.
@@ -227,51 +213,11 @@ fn start_with_limit(cmd: &mut Command, limit: Rlimit) {
     }
 }
 
-/// Waits for the child to exit, until `deadline`. `Ok(None)`: it still runs then.
-fn wait_until(
-    child: &mut Child,
-    deadline: Option<Instant>,
-) -> io::Result<Option<std::process::ExitStatus>> {
-    let Some(deadline) = deadline else {
-        return child.wait().map(Some);
-    };
-    let pidfd = match rustix::process::pidfd_open(Pid::from_child(child), PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        // A kernel without pidfds (before 5.3): wait without the deadline.
-        Err(rustix::io::Errno::NOSYS) => return child.wait().map(Some),
-        Err(e) => return Err(e.into()),
-    };
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-        match poll(&mut fds, Some(&timespec(left))) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn timespec(d: Duration) -> rustix::event::Timespec {
+pub(crate) fn timespec(d: Duration) -> rustix::event::Timespec {
     rustix::event::Timespec::try_from(d).unwrap_or(rustix::event::Timespec {
         tv_sec: i64::MAX,
         tv_nsec: 0,
     })
-}
-
-fn stop(child: &mut Child) {
-    // The whole process group: what the command started goes with it. The group may be
-    // gone already; then there is nothing to stop.
-    if let Some(pid) = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)) {
-        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Copies the child's stdout and stderr into frames until both are closed.
@@ -507,6 +453,22 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn what_a_command_leaves_running_is_gone_once_its_entry_is_complete() {
+        // A job in a session of its own that prints its pid, closes its output and runs
+        // on after the command has exited 0.
+        let mut entry = Vec::new();
+        job("setsid sh -c 'echo $$; exec sleep 600 >&- 2>&-' &", b"")
+            .run(&mut entry)
+            .unwrap();
+        let (out, _, exit) = demux(&entry);
+        assert_eq!(exit, Some(ExitStatus::Code(0)));
+        let pid = String::from_utf8(out).unwrap();
+        // Killed and reaped before `run` returned: nothing to wait for.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        assert!(stat.is_err(), "the job {} runs on: {stat:?}", pid.trim());
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         // be refused by them, or be the wrong daemon.
         anyhow::bail!("daemon_user: the daemon must run as uid {uid}, not as uid {me}");
     }
+    // Else every command would fail to start, and every client would run it uncached.
+    crate::supervisor::check_available()?;
     // Before the cache is made: it sizes its kept handles from the limit.
     let inherited = descriptors::raise();
     socket::prepare_dir(&settings.dir, true)?;

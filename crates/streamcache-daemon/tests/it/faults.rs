@@ -4,13 +4,14 @@
 //! as root).
 
 use std::process::{Child, Output};
+use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
 use crate::support::{
     fds_besides_entries, fifo, files_under, is_running, lasting_threads, output_within, pid_in,
-    read_stdout, require_root, signal, spawn_client, text, wait_for_fds, wait_for_threads,
-    wait_until, Daemon, Tmpfs,
+    read_pids, read_stdout, require_root, signal, spawn_client, text, wait_for_fds,
+    wait_for_threads, wait_until, Daemon, ExitWatch, Tmpfs, PATIENCE,
 };
 
 /// `sh -c BODY`.
@@ -289,6 +290,69 @@ fn a_daemon_killed_mid_stream_fails_its_clients_clearly_and_a_restart_reclaims_i
     wait_until("the dead daemon's entry files are swept", || {
         leftovers.iter().all(|f| !f.exists())
     });
+}
+
+/// A command that starts a tree and prints the pid of each process in it, one a line:
+/// the shell itself, a background job in the shell's process group, and a shell in a
+/// session (and process group) of its own, which no signal to the command's group
+/// reaches. All of them run until killed.
+const TREE: &str = "echo $$; sleep 1000 & echo $!; setsid sh -c 'echo $$; exec sleep 1000' & wait";
+
+/// The pids [`TREE`] prints, each watched for its exit.
+fn watch_tree(client: &mut Child) -> Vec<ExitWatch> {
+    read_pids(client, 3)
+        .into_iter()
+        .map(ExitWatch::new)
+        .collect()
+}
+
+/// Fails unless every watched process exits within `timeout` (all of them together);
+/// kills the ones left first, so that a failing test leaves nothing behind.
+fn assert_all_exit(tree: &[ExitWatch], timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    let left: Vec<u32> = tree
+        .iter()
+        .filter(|w| !w.exited_within(deadline.saturating_duration_since(Instant::now())))
+        .map(ExitWatch::pid)
+        .collect();
+    for &pid in &left {
+        signal(pid, Signal::KILL);
+    }
+    assert!(left.is_empty(), "{what}: still running: {left:?}");
+}
+
+#[test]
+fn no_process_a_command_started_outlives_a_daemon_killed_with_sigkill() {
+    let mut daemon = Daemon::start(&["--allow", "sh"]);
+    let mut client = spawn_client(daemon.exec_cmd(false, &sh(TREE)));
+    let tree = watch_tree(&mut client);
+    daemon.kill();
+    // Awaited as events, within one bound: the sleeps would run for 1000 s.
+    assert_all_exit(&tree, PATIENCE, "after the daemon was killed with SIGKILL");
+    let out = output_within(client, "the client whose daemon was killed");
+    assert_failed_after_output(&out, "the client", "daemon");
+}
+
+#[test]
+fn a_command_stopped_at_the_producer_timeout_takes_every_process_it_started() {
+    let daemon = Daemon::start(&["--allow", "sh", "--producer-timeout", "5s"]);
+    let mut client = spawn_client(daemon.exec_cmd(false, &sh(TREE)));
+    let tree = watch_tree(&mut client);
+    let out = output_within(client, "the caller of a command stopped at the timeout");
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("producer timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The daemon takes the whole tree down, and reaps it, before its callers hear of the
+    // timeout: nothing is left to wait for.
+    assert_all_exit(
+        &tree,
+        Duration::ZERO,
+        "when the callers heard of the timeout",
+    );
+    assert_eq!(daemon.stat("children_running"), 0);
 }
 
 #[test]

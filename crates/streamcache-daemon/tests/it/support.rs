@@ -735,6 +735,65 @@ pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The exit of a process that is not our child, awaited as an event: a pidfd, opened
+/// while the process runs, becomes readable once it has exited.
+pub(crate) struct ExitWatch {
+    pid: u32,
+    /// `None`: the process was gone already when the watch was made.
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl ExitWatch {
+    pub(crate) fn new(pid: u32) -> ExitWatch {
+        let raw = rustix::process::Pid::from_raw(pid as i32).expect("a pid is positive");
+        let pidfd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Some(fd),
+            Err(rustix::io::Errno::SRCH) => None,
+            Err(e) => panic!("pidfd_open({pid}): {e}"),
+        };
+        ExitWatch { pid, pidfd }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process has exited, waiting for that up to `timeout` (zero: whether it
+    /// has exited already).
+    pub(crate) fn exited_within(&self, timeout: Duration) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let Some(pidfd) = &self.pidfd else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = Timespec::try_from(left).expect("a test's timeout fits a timespec");
+            let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+            match poll(&mut fds, Some(&left)) {
+                Ok(0) => return false,
+                Ok(_) => return true,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => panic!("poll on the pidfd of {}: {e}", self.pid),
+            }
+        }
+    }
+}
+
+/// Reads `n` lines of a child's stdout, each a pid.
+pub(crate) fn read_pids(child: &mut Child, n: usize) -> Vec<u32> {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    (0..n)
+        .map(|_| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("not a pid: {line:?}"))
+        })
+        .collect()
+}
+
 /// Whether a process exists and is not a zombie.
 pub(crate) fn is_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
