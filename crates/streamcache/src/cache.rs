@@ -429,7 +429,11 @@ impl Shared {
                 }
                 Err(err) => return Err(err),
             };
-            let (sender, tap) = pipe::channel(self.config.backpressure, self.config.max_lead_bytes);
+            let (sender, tap) = pipe::channel(
+                self.config.backpressure,
+                self.config.max_lead_bytes,
+                footprint.is_some(),
+            );
             let entry = Arc::new(Entry::new(entry_file, tap, footprint));
             let (rx, opened) = match entry.open_reader() {
                 Ok(opened) => opened,

@@ -19,24 +19,44 @@ const CLOSED: u64 = u64::MAX;
 /// The open readers' positions, and a writer that may wait for the lowest to rise.
 #[derive(Debug, Default)]
 pub(crate) struct Floor {
+    /// Whether readers are tracked at all: only an entry that may turn transient (a
+    /// cache with a budget or a free-space guard) needs it; the others pay nothing.
+    tracked: bool,
     marks: Mutex<Vec<Arc<AtomicU64>>>,
     /// Someone waits in [`Floor::wait_above`]: readers that move must wake it.
     waiting: AtomicBool,
     moved: Condvar,
 }
 
-/// One reader's place on the floor. Dropping it takes the reader off.
+/// One reader's place on the floor (none if the floor is not tracked).
 #[derive(Debug)]
 pub(crate) struct Mark {
-    position: Arc<AtomicU64>,
+    position: Option<Arc<AtomicU64>>,
 }
 
 impl Floor {
+    /// A floor that tracks its readers if `tracked`; else [`Floor::lowest`] is `None`.
+    pub(crate) fn new(tracked: bool) -> Floor {
+        Floor {
+            tracked,
+            ..Floor::default()
+        }
+    }
+
     /// Puts a reader at position 0 on the floor.
     pub(crate) fn join(&self) -> Mark {
+        if !self.tracked {
+            return Mark { position: None };
+        }
         let position = Arc::new(AtomicU64::new(0));
-        lock(&self.marks).push(Arc::clone(&position));
-        Mark { position }
+        let mut marks = lock(&self.marks);
+        // Closed readers go here too, so a long-lived entry's list stays as long as its
+        // open readers, not as long as all it ever had.
+        marks.retain(|m| m.load(SeqCst) != CLOSED);
+        marks.push(Arc::clone(&position));
+        Mark {
+            position: Some(position),
+        }
     }
 
     /// The lowest position of an open reader; `None` if no reader is open.
@@ -77,8 +97,10 @@ impl Floor {
 impl Mark {
     /// This reader is now at `position`.
     pub(crate) fn set(&self, position: u64, floor: &Floor) {
-        self.position.store(position, SeqCst);
-        floor.moved();
+        if let Some(mark) = &self.position {
+            mark.store(position, SeqCst);
+            floor.moved();
+        }
     }
 
     /// This reader has closed.
@@ -93,7 +115,7 @@ mod tests {
 
     #[test]
     fn the_floor_is_the_lowest_open_reader_and_closed_readers_do_not_count() {
-        let floor = Floor::default();
+        let floor = Floor::new(true);
         assert_eq!(floor.lowest(), None);
         let (a, b) = (floor.join(), floor.join());
         a.set(10, &floor);
@@ -108,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_wait_for_the_floor_ends_when_the_slowest_reader_passes_or_closes() {
-        let floor = Floor::default();
+        let floor = Floor::new(true);
         let (slow, fast) = (floor.join(), floor.join());
         fast.set(100, &floor);
         std::thread::scope(|s| {

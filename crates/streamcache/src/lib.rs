@@ -77,6 +77,8 @@
 //! is on disk for them). With it off, the producer writes at full speed. Either way, a
 //! producer whose readers have all gone gets [`std::io::ErrorKind::BrokenPipe`] from its
 //! next write, and the entry is abandoned: nobody wants what it makes.
+//! [`Config::max_lead_bytes`] widens the one write to a window of that many bytes, so
+//! producer and readers work at once instead of taking turns.
 //!
 //! # Errors
 //!
@@ -93,7 +95,21 @@
 //! old entries from the index and removes their files; Unix semantics let readers that
 //! still have the file open finish. The same thread sweeps the directory and removes any
 //! file older than `max_age`, whoever made it: that is how files of crashed or restarted
-//! processes are reclaimed. Processes may share one directory.
+//! processes are reclaimed. Processes may share one directory. A lookup never serves
+//! an entry past `max_age`, whenever the thread last ran.
+//!
+//! # Disk budget
+//!
+//! [`Config::max_disk_bytes`] bounds the bytes this cache's files take, at every
+//! instant: an entry being written holds room ahead of its writes (its final size is
+//! unknown), and a file that readers still hold open counts until they close it, even
+//! once evicted. [`Config::min_free_bytes`] keeps free space on the file system above
+//! a floor, whatever else fills it. To make room, finished entries are evicted least
+//! recently used first. A miss that finds no room runs its producer outside the cache
+//! ([`Lookup::Bypass`]); an entry that outgrows the room it can get turns *transient*:
+//! it takes no new readers, releases the part of its file that every reader has passed
+//! (`fallocate(FALLOC_FL_PUNCH_HOLE)`), and holds its producer back to its slowest
+//! reader. Every reader gets every byte; lack of room never fails a caller.
 //!
 //! # Admission
 //!
@@ -131,6 +147,10 @@
 //! * **Async readers** (`tokio` feature) and **zero copy** with `splice(2)` as well as
 //!   `sendfile(2)`.
 //! * **Errors print each cause once**: `Display` says what failed, `source()` why.
+//! * **A disk budget and a free-space guard** ([`Config::max_disk_bytes`],
+//!   [`Config::min_free_bytes`]) that hold while entries of unknown size are written;
+//!   the reference is bounded by age alone. Lack of room bypasses the cache or makes an
+//!   entry transient, and never fails a caller.
 //! * **Age is checked at lookup**: an entry older than `max_age` is never served; the
 //!   reference serves it until the next maintenance tick (up to a minute later).
 //! * **A lead window**: [`Config::max_lead_bytes`] lets a producer run up to that many

@@ -505,12 +505,13 @@ impl Core {
 
 /// Makes a pipe: the writer's end, and the tap that opens readers. With
 /// `backpressure`, a write may start while the writer is at most `lead` bytes ahead of
-/// its fastest reader.
-pub(crate) fn channel(backpressure: bool, lead: u64) -> (Sender, Tap) {
+/// its fastest reader. With `floor`, the pipe tracks where its slowest reader is (an
+/// entry that may turn transient needs that).
+pub(crate) fn channel(backpressure: bool, lead: u64, floor: bool) -> (Sender, Tap) {
     let shared = Arc::new(Shared {
         core: Core::new(backpressure, lead),
         outcome: Arc::new(Waiter::default()),
-        floor: Floor::default(),
+        floor: Floor::new(floor),
     });
     (
         Sender {

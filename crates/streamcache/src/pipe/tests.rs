@@ -61,7 +61,7 @@ fn fixture(backpressure: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("entry");
     let file = File::create(&path).unwrap();
-    let (sender, tap) = channel(backpressure, 0);
+    let (sender, tap) = channel(backpressure, 0, false);
     let pipe = Arc::new(Pipe {
         tap,
         path: path.clone().into(),

@@ -142,7 +142,7 @@ fn under_a_budget_concurrent_fetches_all_succeed_usage_never_passes_it_and_recen
         );
         assert!(read_all(&mut stream) == **bytes);
     }
-    let (_, lookup) = cache
+    let (mut stream, lookup) = cache
         .lookup("key-0", producer(Arc::clone(&keys[0])))
         .unwrap();
     assert_ne!(
@@ -150,6 +150,9 @@ fn under_a_budget_concurrent_fetches_all_succeed_usage_never_passes_it_and_recen
         Lookup::Hit,
         "the least recently used key was evicted"
     );
+    // Read to the end: a stream dropped early would leave its producer without readers,
+    // and that producer fails (counted in `failures`).
+    assert!(read_all(&mut stream) == *keys[0]);
 
     let stats = cache.stats();
     assert!(
