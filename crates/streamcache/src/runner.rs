@@ -77,10 +77,12 @@ impl Job {
     fn run(mut self) {
         let span = tracing::debug_span!("streamcache producer", key = %self.key);
         let _enter = span.enter();
-        let outcome =
-            run_guarded(self.producer, &mut self.writer).and_then(|()| self.writer.close());
+        let produced = run_guarded(self.producer, &mut self.writer);
+        // Counted before the outcome is published: a reader that sees the end and then
+        // reads the stats finds these bytes in them.
         let written = self.writer.written();
         self.metrics.add_generated_bytes(written);
+        let outcome = produced.and_then(|()| self.writer.close());
         match outcome {
             Ok(()) => tracing::debug!(bytes = written, "streamcache: entry complete"),
             Err(err) => {
