@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: owns the cache, listens on a Unix socket, runs commands.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a command through the daemon (git's pack-objects hook runs this).
     ///
     /// Reads all of stdin, asks the daemon for the command's output (running it there
@@ -92,6 +92,33 @@ struct ServeArgs {
     /// else. Clients trust a daemon of this user [default: none].
     #[arg(long, value_name = "USER")]
     daemon_user: Option<String>,
+    /// The most bytes the cache's entry files may take, e.g. 20GiB; 0 for no budget. A
+    /// miss without room runs its command outside the cache [default: no budget].
+    #[arg(long, value_name = "SIZE")]
+    max_disk: Option<String>,
+    /// Keep this much free on the cache's file system, e.g. 10GiB or 5% (of the file
+    /// system's size, measured at start); 0 for no guard [default: 5%].
+    #[arg(long, value_name = "SIZE|PERCENT")]
+    min_free: Option<String>,
+    /// With back pressure, how far a command may run ahead of its fastest reader, e.g.
+    /// 4MiB [default: 0, one write at a time].
+    #[arg(long, value_name = "SIZE")]
+    max_lead: Option<String>,
+    /// Commands run at once, over all directories; more misses wait in line; 0 for no
+    /// limit [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_commands: Option<usize>,
+    /// Commands run at once in one working directory (one repository); 0 for no limit
+    /// [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_commands_per_dir: Option<usize>,
+    /// How long a miss waits in line for a command slot [default: 1m].
+    #[arg(long, value_name = "DURATION")]
+    max_queue_wait: Option<String>,
+    /// What clients are told after max-queue-wait: "fail-open" (busy: they run the
+    /// command themselves) or "refuse" (they fail, exit 75) [default: fail-open].
+    #[arg(long, value_name = "WHAT")]
+    queue_full: Option<String>,
     /// More logging: -v is debug, -vv trace (overrides --log-level).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -175,7 +202,7 @@ fn run(cli: Cli) -> ExitCode {
             });
             ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
         }
-        Command::Serve(args) => report(serve(args)),
+        Command::Serve(args) => report(serve(*args)),
         Command::Stats(args) => report(stats(args)),
         Command::Supervise(args) => crate::supervisor::supervise(args.control, &args.command),
     }
@@ -213,6 +240,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         log_level: level,
         daemon_user: args.daemon_user,
+        max_disk: args.max_disk,
+        min_free: args.min_free,
+        max_lead: args.max_lead,
+        max_commands: args.max_commands,
+        max_commands_per_dir: args.max_commands_per_dir,
+        max_queue_wait: args.max_queue_wait,
+        queue_full: args.queue_full,
     };
     let settings = ServeSettings::resolve(file, flags)?;
     tracing_subscriber::fmt()

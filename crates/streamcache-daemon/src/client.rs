@@ -14,7 +14,8 @@
 //! server nothing (the request carries its environment and stdin) and relays none of
 //! its bytes, and runs the command itself.
 //!
-//! **Fail open.** If the daemon cannot be reached or trusted, refuses, or fails before a
+//! **Fail open.** If the daemon cannot be reached or trusted, refuses, is busy (at its
+//! connection limit, or no command slot within `max_queue_wait`), or fails before a
 //! single byte of output was relayed, the client runs the command itself: it `exec`s it with
 //! the buffered stdin, so from then on it *is* the command (same exit status, same
 //! signals). It explains why on stderr only with `-v`, because git shows a hook's stderr
@@ -363,6 +364,11 @@ impl Relay {
             (_, Some(Ok(())), Some(exit)) => Ok(exit.shell_code()),
             // The command failed: its exit code (never 0) is the answer.
             (_, Some(Err(_)), Some(exit)) if !exit.success() => Ok(exit.shell_code()),
+            // No command slot in time (`max_queue_wait`): nothing was sent, so the
+            // command runs here.
+            (_, Some(Err(e)), _) if e.starts_with("busy: ") => {
+                Err(self.fail(format!("daemon {e}")))
+            }
             (_, Some(Err(e)), _) => Err(self.fail(format!("the daemon's cache failed: {e}"))),
             (_, Some(Ok(())), None) => Err(self.fail("daemon reply has no exit status".into())),
             (_, None, _) => Err(self

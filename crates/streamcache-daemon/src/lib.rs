@@ -23,6 +23,7 @@ mod descriptors;
 mod key;
 mod metrics;
 mod producer;
+mod queue;
 mod scrape;
 mod server;
 mod settings;

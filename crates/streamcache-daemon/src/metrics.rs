@@ -6,14 +6,31 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use crate::queue::QueueFull;
 use crate::state::Daemon;
 
-/// One metric: its name, type, help, and the `key=value` name it has in stats replies.
+/// One metric: its name, type, help, and value.
 struct Metric {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    value: u64,
+    value: Value,
+}
+
+/// A metric's value: a count (bytes, events, entries), or a time in seconds.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Count(u64),
+    Seconds(Duration),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Count(n) => write!(f, "{n}"),
+            Value::Seconds(d) => write!(f, "{:.6}", d.as_secs_f64()),
+        }
+    }
 }
 
 fn metrics(daemon: &Daemon) -> Vec<Metric> {
@@ -25,20 +42,51 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
         name,
         kind,
         help,
-        value,
+        value: Value::Count(value),
     };
-    vec![
+    let mut all = vec![
         m("streamcache_hits_total", "counter", "Lookups served by an existing entry.", s.hits),
         m("streamcache_misses_total", "counter", "Lookups that created an entry and started its producer.", s.misses),
-        m("streamcache_bypassed_total", "counter", "Lookups that ran their producer outside the cache (min_occurrences).", s.bypassed),
-        m("streamcache_failures_total", "counter", "Producers that failed (non-zero exit, signal, error, or every reader gone).", s.failures),
+        m("streamcache_bypassed_total", "counter", "Lookups that ran their producer outside the cache (min_occurrences, or no room on disk).", s.bypassed),
+        m("streamcache_failures_total", "counter", "Producers that failed (non-zero exit, signal, error, no command slot in time, or every reader gone).", s.failures),
         m("streamcache_index_entries", "gauge", "Entries in the index.", s.index_entries),
-        m("streamcache_evicted_total", "counter", "Entries removed from the index by age.", s.evicted),
+        m("streamcache_evicted_total", "counter", "Entries removed from the index by age, or to make room under the disk budget.", s.evicted),
         m("streamcache_generated_bytes_total", "counter", "Bytes written by producers (framed output).", s.generated_bytes),
         m("streamcache_served_bytes_total", "counter", "Bytes delivered to clients from entries.", s.served_bytes),
         m("streamcache_sendfile_bytes_total", "counter", "Bytes delivered without a copy through user space (sendfile(2) or splice(2)).", s.sendfile_bytes),
         m("streamcache_disk_usage_bytes", "gauge", "Bytes in the cache directory at the last sweep.", s.disk_usage_bytes),
         m("streamcache_swept_files_total", "counter", "Files removed by the directory sweep.", s.swept_files),
+    ];
+    if let Some(budget) = s.disk_budget_bytes {
+        all.push(m(
+            "streamcache_disk_budget_bytes",
+            "gauge",
+            "The disk budget of the entry files (max_disk).",
+            budget,
+        ));
+    }
+    let min_free = daemon.cache.config().map_or(0, |c| c.min_free_bytes);
+    all.extend([
+        m("streamcache_disk_used_bytes", "gauge", "Bytes the entry files take now, by the cache's count, with a budget or a free-space guard (whole pages; evicted files still open included).", s.disk_used_bytes),
+        m("streamcache_disk_reserved_bytes", "gauge", "Bytes held ahead of writes by entries being written.", s.disk_reserved_bytes),
+        m("streamcache_disk_free_bytes", "gauge", "Bytes free on the cache's file system now (statvfs, for unprivileged users).", free_bytes(daemon)),
+        m("streamcache_disk_min_free_bytes", "gauge", "The free-space guard: bytes the cache leaves free on its file system (min_free, resolved at start).", min_free),
+        m("streamcache_transient_entries", "gauge", "Entries that outgrew the room they could get and stream to their readers only, releasing what all have read.", s.transient_entries),
+        m("streamcache_room_bypasses_total", "counter", "Lookups that ran their command outside the cache for want of room under the budget or the guard (also in bypassed).", s.room_bypasses),
+    ]);
+    let queue = daemon.queue.as_deref();
+    all.extend([
+        m("streamcache_queue_length", "gauge", "Misses waiting for a command slot now (max_commands, max_commands_per_dir).", queue.map_or(0, |q| q.waiting())),
+        m("streamcache_queue_waits_total", "counter", "Misses that found no free command slot and waited in line.", queue.map_or(0, |q| q.waits())),
+        Metric {
+            name: "streamcache_queue_wait_seconds_total",
+            kind: "counter",
+            help: "Seconds those misses waited, in all.",
+            value: Value::Seconds(queue.map_or(Duration::ZERO, |q| q.waited())),
+        },
+        m("streamcache_queue_timeouts_total", "counter", "Misses that got no command slot within max_queue_wait; their clients were answered busy (or refused).", queue.map_or(0, |q| q.timeouts())),
+    ]);
+    all.extend([
         m("streamcache_connections_total", "counter", "Connections accepted.", c.connections.load(Relaxed)),
         m("streamcache_connections_active", "gauge", "Connections being served.", active),
         m("streamcache_refused_total", "counter", "Requests refused by the allow-list.", c.refused.load(Relaxed)),
@@ -46,18 +94,30 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
         m("streamcache_bad_requests_total", "counter", "Requests that could not be decoded or read in time.", c.bad_requests.load(Relaxed)),
         m("streamcache_errors_total", "counter", "Requests the cache could not serve before any output (the client ran the command itself).", c.errors.load(Relaxed)),
         m("streamcache_clients_gone_total", "counter", "Clients that left before the end of their stream.", c.client_gone.load(Relaxed)),
-        m("streamcache_busy_total", "counter", "Connections turned away at the connection limit (the client ran the command itself).", c.busy.load(Relaxed)),
+        m("streamcache_busy_total", "counter", "Requests answered busy: turned away at the connection limit, or no command slot within max_queue_wait (the client ran the command itself, unless queue_full is refuse).", c.busy.load(Relaxed)),
         m("streamcache_children_started_total", "counter", "Commands started by producers.", daemon.children.started()),
         m("streamcache_children_running", "gauge", "Commands running now.", daemon.children.running() as u64),
+        m("streamcache_commands_failed_total", "counter", "Commands that ran and failed: non-zero exit, signal, or producer timeout.", daemon.children.failed()),
         m("streamcache_uptime_seconds", "gauge", "Seconds since the daemon started.", daemon.started.elapsed().as_secs()),
-    ]
+    ]);
+    all
+}
+
+/// Free space on the entries' file system now, as `df` shows it (0 if unknown).
+fn free_bytes(daemon: &Daemon) -> u64 {
+    rustix::fs::statvfs(daemon.settings.entries_dir())
+        .map_or(0, |st| st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The Prometheus text exposition of the daemon's metrics.
 pub(crate) fn prometheus(daemon: &Daemon) -> String {
     let mut out = String::new();
     let all = metrics(daemon);
-    let value = |name: &str| all.iter().find(|m| m.name == name).map_or(0, |m| m.value);
+    let value = |name: &str| {
+        all.iter()
+            .find(|m| m.name == name)
+            .map_or_else(|| "0".to_owned(), |m| m.value.to_string())
+    };
     let _ = writeln!(
         out,
         "# HELP streamcache_lookups_total Requests by how the cache answered them.\n# TYPE streamcache_lookups_total counter"
@@ -116,6 +176,30 @@ pub(crate) fn stats_text(daemon: &Daemon) -> String {
     let _ = writeln!(out, "min_occurrences={}", cfg.min_occurrences);
     let _ = writeln!(out, "backpressure={}", cfg.backpressure);
     let _ = writeln!(out, "allow={}", cfg.allow);
+    let none = |n: Option<usize>| n.map_or_else(|| "none".to_owned(), |n| n.to_string());
+    let _ = writeln!(
+        out,
+        "max_disk={}",
+        cfg.max_disk.map_or_else(|| "none".to_owned(), bytes)
+    );
+    let _ = writeln!(out, "min_free={}", cfg.min_free);
+    let _ = writeln!(out, "max_lead={}", bytes(cfg.max_lead));
+    let _ = writeln!(out, "max_commands={}", none(cfg.commands.max_commands));
+    let _ = writeln!(
+        out,
+        "max_commands_per_dir={}",
+        none(cfg.commands.max_commands_per_dir)
+    );
+    let _ = writeln!(
+        out,
+        "max_queue_wait={}",
+        humantime::format_duration(cfg.commands.max_queue_wait)
+    );
+    let queue_full = match cfg.commands.queue_full {
+        QueueFull::FailOpen => "fail-open",
+        QueueFull::Refuse => "refuse",
+    };
+    let _ = writeln!(out, "queue_full={queue_full}");
     let _ = writeln!(out, "version={}", env!("CARGO_PKG_VERSION"));
     for m in metrics(daemon) {
         let _ = writeln!(out, "{}={}", m.name, m.value);
@@ -158,10 +242,11 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
         (
             "settings",
             format!(
-                "max_age {}, min_occurrences {}, backpressure {}",
+                "max_age {}, min_occurrences {}, backpressure {}, max_lead {}",
                 get("max_age"),
                 get("min_occurrences"),
-                get("backpressure")
+                get("backpressure"),
+                get("max_lead")
             ),
         ),
         ("allow", get("allow").to_owned()),
@@ -182,7 +267,49 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
                 "{} started, {} running, {} failed",
                 num("children_started_total"),
                 num("children_running"),
-                num("failures_total")
+                num("commands_failed_total")
+            ),
+        ),
+        (
+            "limits",
+            format!(
+                "max_commands {}, per dir {}, max_queue_wait {}, queue_full {}",
+                get("max_commands"),
+                get("max_commands_per_dir"),
+                get("max_queue_wait"),
+                get("queue_full")
+            ),
+        ),
+        (
+            "queue",
+            format!(
+                "{} waiting now; {} waited, {:.1} s in all; {} got no slot in time",
+                num("queue_length"),
+                num("queue_waits_total"),
+                get("streamcache_queue_wait_seconds_total")
+                    .parse::<f64>()
+                    .unwrap_or(0.0),
+                num("queue_timeouts_total")
+            ),
+        ),
+        (
+            "disk",
+            format!(
+                "{} used, {} reserved, budget {}; {} free, guard keeps {} (min_free {})",
+                bytes(num("disk_used_bytes")),
+                bytes(num("disk_reserved_bytes")),
+                get("max_disk"),
+                bytes(num("disk_free_bytes")),
+                bytes(num("disk_min_free_bytes")),
+                get("min_free")
+            ),
+        ),
+        (
+            "room",
+            format!(
+                "{} transient entries now, {} bypasses for room",
+                num("transient_entries"),
+                num("room_bypasses_total")
             ),
         ),
         ("generated", bytes(num("generated_bytes_total"))),
@@ -216,7 +343,7 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
         (
             "problems",
             format!(
-                "{} bad requests, {} peers refused, {} cache errors, {} turned away busy",
+                "{} bad requests, {} peers refused, {} cache errors, {} answered busy",
                 num("bad_requests_total"),
                 num("peer_refused_total"),
                 num("errors_total"),

@@ -20,6 +20,12 @@
 //! then the producer returns an error: every reader attached to the entry gets the
 //! stderr and the exit code, and the library drops the entry so the next caller runs
 //! the command afresh.
+//!
+//! With command limits, the producer first takes a slot (see `queue.rs`). One that
+//! gets none in time fails with [`Busy`] before it has written anything, so its
+//! clients run the command themselves; or, with `queue_full = "refuse"`, it writes a
+//! refusal as the command's last words, as a timed-out command does, and its clients
+//! fail with it.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -36,6 +42,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use crate::chain::Chain;
+use crate::queue::{Busy, CommandQueue, QueueFull, REFUSED_EXIT_CODE};
 use crate::spill::Spill;
 use crate::supervisor::Supervisor;
 use crate::wire::frame::{frame, put_header, Kind, HEADER_LEN, MAX_DATA_PAYLOAD};
@@ -46,6 +53,7 @@ use crate::wire::reply::ExitStatus;
 pub(crate) struct Children {
     pids: Mutex<HashSet<i32>>,
     started: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl Children {
@@ -68,6 +76,17 @@ impl Children {
     /// Children started since the daemon started.
     pub(crate) fn started(&self) -> u64 {
         self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Commands that ran and failed: a non-zero exit, a signal, or the producer
+    /// timeout. Not the cache's own failures, nor commands that never started.
+    pub(crate) fn failed(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_failure(&self) {
+        self.failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends `signal` to every running command and its process group. Their producers
@@ -116,12 +135,22 @@ pub(crate) struct Job {
     /// The descriptor limit the command starts with, if not the daemon's own: the one
     /// the daemon was started with, before it raised its own (see `descriptors`).
     pub(crate) nofile: Option<Rlimit>,
+    /// The command limits, if any: a slot is taken before the command starts.
+    pub(crate) queue: Option<Arc<CommandQueue>>,
 }
 
 impl Job {
     /// Runs the command, writing its frames into `w`. See the module docs.
     pub(crate) fn run<W: Write>(self, w: &mut W) -> io::Result<()> {
         let program = self.program.to_string_lossy().into_owned();
+        // Held until the command and all it started are gone: to the end of `run`.
+        let _slot = match &self.queue {
+            None => None,
+            Some(queue) => match queue.acquire(&self.cwd) {
+                Ok(slot) => Some(slot),
+                Err(busy) => return answer_busy(busy, &program, w),
+            },
+        };
         let stdin = self.stdin.into_stdio()?;
         let (cwd, env, nofile) = (&self.cwd, &self.env, self.nofile);
         let mut supervisor = Supervisor::start(&self.binary, &self.program, &self.args, |cmd| {
@@ -148,9 +177,13 @@ impl Job {
         let ended = pumped.and_then(|()| supervisor.wait_until(deadline));
         let status = match ended {
             Ok(Some(status)) => status,
-            Ok(None) => return timed_out(supervisor, &program, self.timeout, w),
+            Ok(None) => {
+                self.children.count_failure();
+                return timed_out(supervisor, &program, self.timeout, w);
+            }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return timed_out(supervisor, &program, self.timeout, w)
+                self.children.count_failure();
+                return timed_out(supervisor, &program, self.timeout, w);
             }
             Err(e) => {
                 supervisor.stop();
@@ -167,12 +200,40 @@ impl Job {
             (None, Some(signal)) => ExitStatus::Signal(signal),
             (None, None) => ExitStatus::Code(-1),
         };
+        if !exit.success() {
+            self.children.count_failure();
+        }
         w.write_all(&frame(Kind::Exit, &exit.encode()))?;
         if exit.success() {
             Ok(())
         } else {
             Err(io::Error::other(format!("{program} ended with {exit}")))
         }
+    }
+}
+
+/// No command slot within `max_queue_wait`. By default the producer fails before any
+/// output, with [`Busy`] inside its error, and the server answers each client busy.
+/// With `queue_full = "refuse"` the refusal is the entry: a line on stderr and exit
+/// code [`REFUSED_EXIT_CODE`], which every client relays and exits with.
+fn answer_busy<W: Write>(busy: Busy, program: &str, w: &mut W) -> io::Result<()> {
+    tracing::warn!(program, reason = %busy, queue_full = ?busy.queue_full, "no command slot in time");
+    if busy.queue_full == QueueFull::Refuse {
+        let message = format!("streamcache: refused to run {program}: {busy}\n");
+        w.write_all(&frame(Kind::Stderr, message.as_bytes()))?;
+        w.write_all(&frame(
+            Kind::Exit,
+            &ExitStatus::Code(REFUSED_EXIT_CODE).encode(),
+        ))?;
+    }
+    Err(io::Error::new(io::ErrorKind::ResourceBusy, busy))
+}
+
+/// The [`Busy`] a producer failed with, if that is why it failed.
+pub(crate) fn busy(err: &streamcache::Error) -> Option<&Busy> {
+    match err {
+        streamcache::Error::Producer(e) => e.get_ref()?.downcast_ref::<Busy>(),
+        _ => None,
     }
 }
 
@@ -301,6 +362,7 @@ mod tests {
             timeout: None,
             children: Arc::default(),
             nofile: None,
+            queue: None,
         }
     }
 

@@ -14,7 +14,9 @@
 //! answer `H` (hit or miss), copy the entry into the socket with `sendfile`, and end
 //! with a `T` trailer carrying the producer's result. Anything that goes wrong before
 //! the `H` hit/miss answer is reported as `refused` or `error`, and the client runs
-//! the command itself.
+//! the command itself. It does too when an entry fails before any output; the trailer
+//! says why: a cache error (counted in `errors`), or `busy: …`, no command slot within
+//! `max_queue_wait` (see `queue`; counted in `busy`).
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -36,7 +38,7 @@ use crate::chain::Chain;
 use crate::descriptors;
 use crate::key::KeyHasher;
 use crate::metrics;
-use crate::producer::Job;
+use crate::producer::{self, Job};
 use crate::scrape;
 use crate::settings::ServeSettings;
 use crate::socket;
@@ -75,7 +77,9 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
             .context("cannot install signal handlers")?;
     }
     let bound = socket::bind(&settings.socket)?;
-    let cache = Cache::new(settings.cache_config()).context("cannot start the cache")?;
+    let min_free = settings.min_free.bytes_on(&settings.entries_dir())?;
+    log_disk_limits(&settings, min_free);
+    let cache = Cache::new(settings.cache_config(min_free)).context("cannot start the cache")?;
     let metrics_listener = match settings.metrics_listen {
         Some(addr) => Some(
             scrape::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?,
@@ -104,6 +108,10 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         max_age = %humantime::format_duration(s.max_age),
         min_occurrences = s.min_occurrences,
         backpressure = s.backpressure,
+        max_lead = s.max_lead,
+        max_commands = %limit(s.commands.max_commands),
+        max_commands_per_dir = %limit(s.commands.max_commands_per_dir),
+        max_queue_wait = %humantime::format_duration(s.commands.max_queue_wait),
         allow = %s.allow.binaries(),
         "{status}"
     );
@@ -119,6 +127,39 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     result?;
     shutdown(&daemon);
     Ok(())
+}
+
+fn limit(n: Option<usize>) -> String {
+    n.map_or_else(|| "none".to_owned(), |n| n.to_string())
+}
+
+/// Says what the disk budget and the free-space guard are, in bytes: a guard given as a
+/// percentage was turned into bytes from the size of the file system at start.
+fn log_disk_limits(settings: &ServeSettings, min_free: u64) {
+    let dir = settings.entries_dir();
+    let budget = settings
+        .max_disk
+        .map_or_else(|| "none".to_owned(), |b| b.to_string());
+    match settings.min_free {
+        crate::settings::MinFree::Percent(pct) if min_free > 0 => tracing::info!(
+            dir = %dir.display(),
+            max_disk = %budget,
+            min_free,
+            "free-space guard: keeping {min_free} bytes ({pct}% of the file system) free"
+        ),
+        _ if min_free > 0 => tracing::info!(
+            dir = %dir.display(),
+            max_disk = %budget,
+            min_free,
+            "free-space guard: keeping {min_free} bytes free"
+        ),
+        _ => tracing::info!(
+            dir = %dir.display(),
+            max_disk = %budget,
+            min_free,
+            "no free-space guard (min_free is 0)"
+        ),
+    }
 }
 
 fn accept_loop(
@@ -430,6 +471,7 @@ fn serve_request(
         timeout: daemon.settings.producer_timeout,
         children: Arc::clone(&daemon.children),
         nofile: daemon.descriptors.for_commands(),
+        queue: daemon.queue.clone(),
     };
     let span = tracing::info_span!("request", pid, key = &key[..16]);
     let _enter = span.enter();
@@ -470,8 +512,20 @@ fn serve_request(
             tracing::debug!(error = %Chain(e.as_ref()), bytes = entry.position(), "client left during the stream");
             return;
         }
-        // The trailer carries the causes too: the client prints it as it is.
-        Err(e) => Err(Chain(&e).to_string()),
+        Err(e) => {
+            if producer::busy(&e).is_some() {
+                // No command slot in time: with `queue_full = "refuse"` the entry
+                // says so; else nothing was sent and the client runs the command.
+                daemon.counters.busy.fetch_add(1, Relaxed);
+            } else if entry.position() == 0 {
+                // Nothing came of the command, not even an exit status: the cache
+                // (or starting the command) failed, and the client runs it itself.
+                daemon.counters.errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %Chain(&e), "failed before any output; the client runs the command itself");
+            }
+            // The trailer carries the causes too: the client prints it as it is.
+            Err(Chain(&e).to_string())
+        }
         Ok(()) => Ok(()),
     };
     tracing::info!(

@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::allow::{AllowList, DEFAULT_RULES};
+use crate::queue::{CommandLimits, QueueFull};
 use crate::wire::request::Limits;
 
 /// The default min-occurrences of the daemon. See `docs/DAEMON.md`: a clone storm's
@@ -30,9 +31,15 @@ pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// How long a stopping daemon lets streams in flight finish.
 pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// The free-space guard a daemon starts with: keep this share of the cache's file
+/// system free. A host is protected out of the box; `min_free = 0` turns it off.
+pub(crate) const DEFAULT_MIN_FREE: MinFree = MinFree::Percent(5.0);
+/// How long a miss waits in line for a command slot before its clients are answered
+/// busy (only with `max_commands` or `max_commands_per_dir`).
+pub(crate) const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_secs(60);
 
 /// The TOML file, as written. Every key is optional; unknown keys are errors.
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct FileSettings {
     pub(crate) socket: Option<PathBuf>,
@@ -49,6 +56,76 @@ pub(crate) struct FileSettings {
     pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<String>,
     pub(crate) daemon_user: Option<String>,
+    pub(crate) max_disk: Option<Size>,
+    pub(crate) min_free: Option<Size>,
+    pub(crate) max_lead: Option<Size>,
+    pub(crate) max_commands: Option<usize>,
+    pub(crate) max_commands_per_dir: Option<usize>,
+    pub(crate) max_queue_wait: Option<String>,
+    pub(crate) queue_full: Option<String>,
+}
+
+/// A size in the file: a number of bytes, or text with a unit (`"10GiB"`, `"5%"`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub(crate) enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn text(self) -> String {
+        match self {
+            Size::Bytes(n) => n.to_string(),
+            Size::Text(text) => text,
+        }
+    }
+}
+
+/// The unit the disk limits are kept in: file systems allocate whole pages (blocks),
+/// and so does the library's budget. A guard or a budget that is not a whole number
+/// of pages would let a file's last, partial page pass it.
+pub(crate) const PAGE: u64 = 4096;
+
+/// The free-space guard as configured: bytes, or a share of the file system, which
+/// [`MinFree::bytes_on`] turns into bytes at start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum MinFree {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl MinFree {
+    /// The bytes to keep free on the file system of `dir`, rounded up to whole pages.
+    ///
+    /// # Errors
+    ///
+    /// If a percentage was given and `statvfs(dir)` fails.
+    pub(crate) fn bytes_on(self, dir: &Path) -> anyhow::Result<u64> {
+        let bytes = match self {
+            MinFree::Bytes(n) => n,
+            MinFree::Percent(pct) => {
+                let st = rustix::fs::statvfs(dir).with_context(|| {
+                    format!(
+                        "min_free: cannot measure the file system of {}",
+                        dir.display()
+                    )
+                })?;
+                let size = st.f_blocks.saturating_mul(st.f_frsize);
+                (size as f64 * pct / 100.0) as u64
+            }
+        };
+        Ok(bytes.div_ceil(PAGE).saturating_mul(PAGE))
+    }
+}
+
+impl std::fmt::Display for MinFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MinFree::Bytes(n) => write!(f, "{n}"),
+            MinFree::Percent(pct) => write!(f, "{pct}%"),
+        }
+    }
 }
 
 impl FileSettings {
@@ -92,6 +169,13 @@ pub(crate) struct ServeFlags {
     pub(crate) max_connections: Option<usize>,
     pub(crate) log_level: Option<String>,
     pub(crate) daemon_user: Option<String>,
+    pub(crate) max_disk: Option<String>,
+    pub(crate) min_free: Option<String>,
+    pub(crate) max_lead: Option<String>,
+    pub(crate) max_commands: Option<usize>,
+    pub(crate) max_commands_per_dir: Option<usize>,
+    pub(crate) max_queue_wait: Option<String>,
+    pub(crate) queue_full: Option<String>,
 }
 
 /// What the daemon runs with, every value resolved and checked.
@@ -112,6 +196,13 @@ pub(crate) struct ServeSettings {
     pub(crate) log_level: tracing::Level,
     /// The uid the daemon must run as, if the configuration names one.
     pub(crate) daemon_user: Option<u32>,
+    /// The disk budget of the entries, if any.
+    pub(crate) max_disk: Option<u64>,
+    /// The free-space guard, resolved into bytes when the daemon starts.
+    pub(crate) min_free: MinFree,
+    /// How far a command may run ahead of its fastest reader, with back pressure.
+    pub(crate) max_lead: u64,
+    pub(crate) commands: CommandLimits,
 }
 
 impl ServeSettings {
@@ -201,6 +292,43 @@ impl ServeSettings {
             Some(text) => Some(user_id(&text)?),
             None => None,
         };
+        let max_disk = match flags.max_disk.or(file.max_disk.map(Size::text)) {
+            // Whole pages: see `PAGE`.
+            Some(text) => match size("max_disk", &text)? {
+                0 => None,
+                n if n < PAGE => bail!("max_disk: {text:?} is less than a page (4KiB)"),
+                n => Some(n / PAGE * PAGE),
+            },
+            None => None,
+        };
+        let min_free = match flags.min_free.or(file.min_free.map(Size::text)) {
+            Some(text) => min_free(&text)?,
+            None => DEFAULT_MIN_FREE,
+        };
+        let max_lead = match flags.max_lead.or(file.max_lead.map(Size::text)) {
+            Some(text) => size("max_lead", &text)?,
+            None => 0,
+        };
+        let max_queue_wait = match flags.max_queue_wait.or(file.max_queue_wait) {
+            Some(text) => duration("max_queue_wait", &text)?,
+            None => DEFAULT_MAX_QUEUE_WAIT,
+        };
+        let queue_full = match flags.queue_full.or(file.queue_full).as_deref() {
+            None | Some("fail-open") => QueueFull::FailOpen,
+            Some("refuse") => QueueFull::Refuse,
+            Some(other) => {
+                bail!("queue_full: {other:?} is not one of \"fail-open\", \"refuse\"")
+            }
+        };
+        let commands = CommandLimits {
+            max_commands: flags.max_commands.or(file.max_commands).filter(|&n| n > 0),
+            max_commands_per_dir: flags
+                .max_commands_per_dir
+                .or(file.max_commands_per_dir)
+                .filter(|&n| n > 0),
+            max_queue_wait,
+            queue_full,
+        };
         let settings = ServeSettings {
             socket,
             dir,
@@ -216,6 +344,10 @@ impl ServeSettings {
             max_connections,
             log_level,
             daemon_user,
+            max_disk,
+            min_free,
+            max_lead,
+            commands,
         };
         if settings.socket.starts_with(settings.entries_dir()) {
             bail!(
@@ -227,12 +359,16 @@ impl ServeSettings {
         Ok(settings)
     }
 
-    /// The library's configuration.
-    pub(crate) fn cache_config(&self) -> streamcache::Config {
+    /// The library's configuration, with the free-space guard of `min_free_bytes`
+    /// (see [`MinFree::bytes_on`]).
+    pub(crate) fn cache_config(&self, min_free_bytes: u64) -> streamcache::Config {
         let mut cfg = streamcache::Config::new(self.entries_dir());
         cfg.max_age = self.max_age;
         cfg.min_occurrences = self.min_occurrences;
         cfg.backpressure = self.backpressure;
+        cfg.max_disk_bytes = self.max_disk;
+        cfg.min_free_bytes = min_free_bytes;
+        cfg.max_lead_bytes = self.max_lead;
         cfg
     }
 }
@@ -282,6 +418,50 @@ fn duration(field: &str, text: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(text).map_err(|e| {
         anyhow::anyhow!("{field}: {text:?} is not a duration like \"30s\" or \"5m\": {e}")
     })
+}
+
+/// A size such as `"512"`, `"64KiB"`, `"10 GB"` or `"1.5G"`: a number of bytes, with an
+/// optional unit. `K`, `M`, `G`, `T` and `KiB` … `TiB` are powers of 1024; `KB` …
+/// `TB` are powers of 1000 (as `df -H` counts); `B` is one. Case does not matter.
+fn size(field: &str, text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        bail!("{field}: cannot be negative, got {text:?}");
+    }
+    let bad = || anyhow::anyhow!("{field}: {text:?} is not a size like \"512MiB\" or \"10GB\"");
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    let bytes = number * factor as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// `min_free`: a size, or a percentage of the file system such as `"5%"`.
+fn min_free(text: &str) -> anyhow::Result<MinFree> {
+    let Some(number) = text.trim().strip_suffix('%') else {
+        return Ok(MinFree::Bytes(size("min_free", text)?));
+    };
+    match number.trim().parse::<f64>() {
+        Ok(pct) if (0.0..100.0).contains(&pct) => Ok(MinFree::Percent(pct)),
+        _ => bail!("min_free: {text:?} is not a percentage from 0% to below 100%"),
+    }
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -394,6 +574,13 @@ mod tests {
             max_connections = 1024
             log_level = "info"
             daemon_user = "root"
+            max_disk = "20GiB"
+            min_free = "5%"
+            max_lead = "4MiB"
+            max_commands = 16
+            max_commands_per_dir = 4
+            max_queue_wait = "1m"
+            queue_full = "fail-open"
             "#,
         )
         .unwrap();
@@ -409,6 +596,121 @@ mod tests {
         assert_eq!(s.limits.max_stdin, 64 << 20);
         assert_eq!(s.max_connections, 1024);
         assert_eq!(s.daemon_user, Some(0));
+        assert_eq!(s.max_disk, Some(20 << 30));
+        assert_eq!(s.min_free, MinFree::Percent(5.0));
+        assert_eq!(s.max_lead, 4 << 20);
+        assert_eq!(
+            s.commands,
+            CommandLimits {
+                max_commands: Some(16),
+                max_commands_per_dir: Some(4),
+                max_queue_wait: Duration::from_secs(60),
+                queue_full: QueueFull::FailOpen,
+            }
+        );
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_and_plain_bytes() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("512", 512),
+            ("512B", 512),
+            ("64k", 64 << 10),
+            ("64KiB", 64 << 10),
+            ("64 KB", 64_000),
+            ("1.5G", 3 << 29),
+            ("1.5GiB", 3 << 29),
+            ("10MB", 10_000_000),
+            ("2T", 2 << 40),
+        ] {
+            assert_eq!(size("max_disk", text).unwrap(), bytes, "{text}");
+        }
+        for text in ["", "-1G", "ten", "5 parsecs", "1.2.3M", "5%"] {
+            let err = size("max_disk", text).unwrap_err();
+            assert!(
+                format!("{err:#}").starts_with("max_disk: "),
+                "{text}: {err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_defaults_guard_five_percent_and_set_no_budget_and_no_command_limit() {
+        let file = FileSettings::parse("dir = \"/srv/cache\"").unwrap();
+        let s = ServeSettings::resolve(file, ServeFlags::default()).unwrap();
+        assert_eq!(s.min_free, MinFree::Percent(5.0));
+        assert_eq!(s.max_disk, None);
+        assert_eq!(s.max_lead, 0);
+        assert!(!s.commands.is_limited());
+        assert_eq!(s.commands.max_queue_wait, DEFAULT_MAX_QUEUE_WAIT);
+        assert_eq!(s.commands.queue_full, QueueFull::FailOpen);
+    }
+
+    #[test]
+    fn min_free_is_a_size_or_a_percentage_resolved_on_the_file_system_of_the_dir() {
+        assert_eq!(min_free("1GiB").unwrap(), MinFree::Bytes(1 << 30));
+        assert_eq!(min_free("0").unwrap(), MinFree::Bytes(0));
+        assert_eq!(min_free("2.5%").unwrap(), MinFree::Percent(2.5));
+        for text in ["100%", "150%", "-5%", "five%"] {
+            let err = min_free(text).unwrap_err();
+            assert!(
+                format!("{err:#}").starts_with("min_free: "),
+                "{text}: {err:#}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let st = rustix::fs::statvfs(dir.path()).unwrap();
+        let size = st.f_blocks * st.f_frsize;
+        assert_eq!(
+            MinFree::Percent(10.0).bytes_on(dir.path()).unwrap(),
+            ((size as f64 * 0.1) as u64).div_ceil(PAGE) * PAGE
+        );
+        // Whole pages, rounded up: the guard keeps at least what was asked.
+        assert_eq!(MinFree::Bytes(7).bytes_on(dir.path()).unwrap(), PAGE);
+        assert_eq!(MinFree::Bytes(0).bytes_on(dir.path()).unwrap(), 0);
+        assert_eq!(MinFree::Bytes(PAGE).bytes_on(dir.path()).unwrap(), PAGE);
+        let err = MinFree::Percent(5.0)
+            .bytes_on(Path::new("/nonexistent/streamcache"))
+            .unwrap_err();
+        assert!(format!("{err:#}").starts_with("min_free: "), "{err:#}");
+    }
+
+    #[test]
+    fn zero_means_no_limit_so_a_flag_can_lift_one_the_file_sets() {
+        let file = FileSettings::parse(
+            "dir = \"/a\"\nmax_disk = 1073741824\nmin_free = \"1G\"\nmax_commands = 4\nmax_commands_per_dir = 2\nqueue_full = \"refuse\"\n",
+        )
+        .unwrap();
+        let s = ServeSettings::resolve(file.clone(), ServeFlags::default()).unwrap();
+        assert_eq!(s.max_disk, Some(1 << 30));
+        // A budget is whole pages, rounded down; less than a page is an error.
+        let budget = |text: &str| {
+            let flags = ServeFlags {
+                max_disk: Some(text.into()),
+                ..ServeFlags::default()
+            };
+            ServeSettings::resolve(FileSettings::default(), flags).map(|s| s.max_disk)
+        };
+        assert_eq!(budget("10MB").unwrap(), Some(10_000_000 / PAGE * PAGE));
+        let err = budget("4000").unwrap_err();
+        assert!(format!("{err:#}").starts_with("max_disk: "), "{err:#}");
+        assert_eq!(s.min_free, MinFree::Bytes(1 << 30));
+        assert_eq!(s.commands.max_commands, Some(4));
+        assert_eq!(s.commands.queue_full, QueueFull::Refuse);
+        let flags = ServeFlags {
+            max_disk: Some("0".into()),
+            min_free: Some("0".into()),
+            max_commands: Some(0),
+            max_commands_per_dir: Some(0),
+            ..ServeFlags::default()
+        };
+        let s = ServeSettings::resolve(file, flags).unwrap();
+        assert_eq!((s.max_disk, s.min_free), (None, MinFree::Bytes(0)));
+        assert!(!s.commands.is_limited());
+        let cfg = s.cache_config(0);
+        assert_eq!((cfg.max_disk_bytes, cfg.min_free_bytes), (None, 0));
+        cfg.validate().unwrap();
     }
 
     #[test]
@@ -435,6 +737,11 @@ mod tests {
             ("allow = [\"git:\"]", "allow"),
             ("log_level = \"loud\"", "log_level"),
             ("request_timeout = \"0s\"", "request_timeout"),
+            ("max_disk = \"lots\"", "max_disk"),
+            ("min_free = \"101%\"", "min_free"),
+            ("max_lead = \"-4M\"", "max_lead"),
+            ("max_queue_wait = \"a while\"", "max_queue_wait"),
+            ("queue_full = \"drop\"", "queue_full"),
         ] {
             let file = FileSettings::parse(&format!("dir = \"/tmp/x\"\n{text}\n")).unwrap();
             let err = ServeSettings::resolve(file, ServeFlags::default()).unwrap_err();
@@ -545,8 +852,9 @@ mod tests {
         assert_eq!(s.max_age, Duration::from_secs(600));
         assert_eq!(s.min_occurrences, 0);
         assert!(!s.backpressure);
-        let cfg = s.cache_config();
+        let cfg = s.cache_config(4096);
         assert_eq!(cfg.dir, PathBuf::from("/bazqux/entries"));
+        assert_eq!(cfg.min_free_bytes, 4096);
         assert_eq!(cfg.max_age, Duration::from_secs(600));
         assert_eq!(cfg.min_occurrences, 0);
         assert!(!cfg.backpressure);

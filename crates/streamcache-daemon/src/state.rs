@@ -12,6 +12,7 @@ use streamcache::Cache;
 
 use crate::descriptors::Budget;
 use crate::producer::Children;
+use crate::queue::CommandQueue;
 use crate::settings::ServeSettings;
 
 /// Counters the daemon keeps on top of the library's.
@@ -38,6 +39,8 @@ pub(crate) struct Daemon {
     pub(crate) descriptors: Budget,
     pub(crate) counters: Counters,
     pub(crate) children: Arc<Children>,
+    /// The command limits' slots and line, if any limit is set.
+    pub(crate) queue: Option<Arc<CommandQueue>>,
     pub(crate) started: Instant,
     /// Connections being served: what [`Daemon::admit`] holds to the limit, and what a
     /// stopping daemon waits on (`idle` is notified when it reaches 0).
@@ -47,7 +50,12 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn new(cache: Cache, settings: ServeSettings, descriptors: Budget) -> Daemon {
+        let queue = settings
+            .commands
+            .is_limited()
+            .then(|| Arc::new(CommandQueue::new(settings.commands.clone())));
         Daemon {
+            queue,
             cache,
             settings,
             descriptors,

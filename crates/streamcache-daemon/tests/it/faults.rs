@@ -40,7 +40,9 @@ fn a_disk_that_fills_during_a_miss_fails_every_attached_client_and_serves_nothin
         let tmpfs = Tmpfs::mount("size=8m");
         let work = tempfile::tempdir().unwrap();
         let socket = work.path().join("s.sock");
-        let mut args = vec!["--allow", "sh"];
+        // Without the free-space guard (on by default), which would keep the entry
+        // from filling the disk: `limits::with_the_default_free_space_guard_…` shows that.
+        let mut args = vec!["--allow", "sh", "--min-free", "0"];
         if !backpressure {
             args.push("--no-backpressure");
         }
@@ -156,10 +158,12 @@ fn on_a_full_disk_old_entries_still_hit_new_keys_fail_open_and_space_returning_h
     for fill in [Fill::Blocks, Fill::Inodes, Fill::ReadOnly] {
         let tmpfs = Tmpfs::mount("size=8m,nr_inodes=512");
         let work = tempfile::tempdir().unwrap();
+        // Without the free-space guard, which would run new keys outside the cache
+        // instead (`limits::with_the_default_free_space_guard_…`).
         let daemon = Daemon::start_on(
             &work.path().join("s.sock"),
             &tmpfs.path().join("cache"),
-            &["--allow", "sh"],
+            &["--allow", "sh", "--min-free", "0"],
         );
         let old = sh("echo made before the disk filled");
         let out = daemon.exec(false, &old, b"");
@@ -209,14 +213,20 @@ fn on_a_full_disk_old_entries_still_hit_new_keys_fail_open_and_space_returning_h
             assert_eq!(text(&out.stderr), "", "{fill:?}: no fallback");
             assert_eq!(daemon.stat("hits_total"), expect_hits, "{fill:?}");
         }
-        let (errors, failures) = match fill {
-            // The file was made; its first write failed.
-            Fill::Blocks => (0, 1),
+        // Either way a cache error before any output, not a failed command.
+        let failures = match fill {
+            // The file was made; its first write failed: the producer failed.
+            Fill::Blocks => 1,
             // The file could not be made: the lookup itself failed.
-            Fill::Inodes | Fill::ReadOnly => (1, 0),
+            Fill::Inodes | Fill::ReadOnly => 0,
         };
-        assert_eq!(daemon.stat("errors_total"), errors, "{fill:?}");
+        assert_eq!(daemon.stat("errors_total"), 1, "{fill:?}");
         assert_eq!(daemon.stat("failures_total"), failures, "{fill:?}");
+        assert_eq!(
+            daemon.stat("commands_failed_total"),
+            0,
+            "{fill:?}: the cache failed, not a command"
+        );
         assert_eq!(daemon.stat("bad_requests_total"), 1, "{fill:?}: the stdin");
         drop(daemon);
     }

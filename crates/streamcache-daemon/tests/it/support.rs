@@ -1124,3 +1124,165 @@ impl Daemon {
             .collect()
     }
 }
+
+// ---- Limits suite helpers: small generated repositories, a usage sampler, lock gates.
+
+/// A bare repository of `blobs` random blobs of 1 MiB, one per commit on `main`: a pack
+/// of a little more than `blobs` MiB that neither compresses nor deltas. `seed` makes
+/// repositories whose packs differ.
+pub(crate) fn small_repo(env: &GitEnv, path: &Path, seed: u64, blobs: usize) {
+    env.run([
+        OsStr::new("init"),
+        OsStr::new("-q"),
+        OsStr::new("--bare"),
+        path.as_os_str(),
+    ]);
+    let mut rng = Rng(seed | 1);
+    let mut blob = vec![0u8; BLOB_SIZE];
+    let mut stream = Vec::with_capacity(blobs * (BLOB_SIZE + 256));
+    for i in 0..blobs {
+        rng.fill(&mut blob);
+        let msg = format!("add blob {i}");
+        stream.extend_from_slice(
+            format!(
+                "commit refs/heads/main\ncommitter Test <test@example.invalid> {} +0000\ndata {}\n{msg}\n",
+                1_700_000_000 + i,
+                msg.len()
+            )
+            .as_bytes(),
+        );
+        stream.extend_from_slice(
+            format!("M 100644 inline blob-{i}.bin\ndata {}\n", blob.len()).as_bytes(),
+        );
+        stream.extend_from_slice(&blob);
+        stream.extend_from_slice(b"\n\n");
+    }
+    let mut child = env
+        .git([
+            OsStr::new("-C"),
+            path.as_os_str(),
+            OsStr::new("fast-import"),
+            OsStr::new("--quiet"),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    assert!(child.wait().unwrap().success());
+    // So few objects are written loose (`fastimport.unpackLimit`): pack them, as a
+    // served repository would be.
+    env.run([
+        OsStr::new("-C"),
+        path.as_os_str(),
+        OsStr::new("repack"),
+        OsStr::new("-adq"),
+    ]);
+}
+
+/// The size of a repository's packs, in bytes (`git count-objects -v`).
+pub(crate) fn pack_size(env: &GitEnv, repo: &Path) -> u64 {
+    let out = env.run([
+        OsStr::new("-C"),
+        repo.as_os_str(),
+        OsStr::new("count-objects"),
+        OsStr::new("-v"),
+    ]);
+    let kib: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("size-pack: "))
+        .unwrap_or_else(|| panic!("no size-pack in {out}"))
+        .parse()
+        .unwrap();
+    assert!(kib > 0, "{}: no pack: {out}", repo.display());
+    kib * 1024
+}
+
+/// A file system's usage, sampled every millisecond from a thread until
+/// [`Sampler::stop`]: the most it had in use and the least it had free.
+pub(crate) struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Usage>>,
+}
+
+/// What a [`Sampler`] saw.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Usage {
+    pub(crate) max_used: u64,
+    pub(crate) min_free: u64,
+    pub(crate) samples: u64,
+}
+
+/// The bytes in use and free (for unprivileged users, as `df` shows) on `path`'s file
+/// system.
+pub(crate) fn usage(path: &Path) -> (u64, u64) {
+    let st = rustix::fs::statvfs(path).unwrap();
+    (
+        (st.f_blocks - st.f_bfree) * st.f_frsize,
+        st.f_bavail * st.f_frsize,
+    )
+}
+
+impl Sampler {
+    pub(crate) fn start(path: &Path) -> Sampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let theirs = Arc::clone(&stop);
+        let path = path.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let (used, free) = usage(&path);
+            let mut seen = Usage {
+                max_used: used,
+                min_free: free,
+                samples: 1,
+            };
+            while !theirs.load(std::sync::atomic::Ordering::Relaxed) {
+                // A sampler's period, not a wait for anything.
+                std::thread::sleep(Duration::from_millis(1));
+                let (used, free) = usage(&path);
+                seen.max_used = seen.max_used.max(used);
+                seen.min_free = seen.min_free.min(free);
+                seen.samples += 1;
+            }
+            seen
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; returns what was seen.
+    pub(crate) fn stop(mut self) -> Usage {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A gate scripts wait at with `flock -s PATH true`: closed (an exclusive lock held by
+/// the test) until [`LockGate::open`], or until the test ends, so that a failing test
+/// leaves nobody waiting. Unlike a FIFO, it lets through those that come after it
+/// opened, too.
+pub(crate) struct LockGate {
+    pub(crate) path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl LockGate {
+    pub(crate) fn closed(path: &Path) -> LockGate {
+        let file = std::fs::File::create(path).unwrap();
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        LockGate {
+            path: path.to_path_buf(),
+            file: Some(file),
+        }
+    }
+
+    pub(crate) fn open(&mut self) {
+        drop(self.file.take());
+    }
+}
