@@ -133,6 +133,9 @@ impl Budget {
             let ahead = totals.held - totals.on_disk;
             room = room.min(free.saturating_sub(self.min_free).saturating_sub(ahead));
         }
+        // Whole pages: a file takes its last page whole, so room granted in part of one
+        // would let it pass the budget or the guard by up to a page.
+        let room = room - room % PAGE;
         (room >= at_least).then(|| want.min(room))
     }
 }
@@ -158,6 +161,7 @@ impl Footprint {
     /// evicting least recently used entries to make room. False if it cannot.
     pub(crate) fn grow(&self, at_least: u64) -> bool {
         let budget = &self.budget;
+        let at_least = pages(at_least);
         let want = at_least.max(budget.chunk);
         loop {
             {
