@@ -392,9 +392,8 @@ impl Shared {
             if let Some(entry) = found.as_ref().filter(|e| self.is_expired(e, now)) {
                 // Age is checked here, not only at the maintenance tick: an entry past
                 // `max_age` is never served, however long the tick is.
-                if self.forget(key, entry) {
+                if self.retire(key, entry) {
                     self.metrics.add_evicted(1);
-                    entry.remove_file();
                 }
             } else if let Some(entry) = found {
                 match entry.open_reader() {
@@ -509,10 +508,12 @@ impl Shared {
                 return;
             };
             entry.seal();
-            if let Some(shared) = weak.upgrade() {
-                shared.forget(&key, &entry);
+            match weak.upgrade() {
+                Some(shared) => {
+                    shared.retire(&key, &entry);
+                }
+                None => entry.remove_file(),
             }
-            entry.remove_file();
             tracing::debug!(key, "streamcache: entry outgrew its room, now transient");
         })
     }
@@ -536,8 +537,7 @@ impl Shared {
         };
         if let Some(entry) = victim {
             self.metrics.add_evicted(1);
-            entry.release_handle();
-            entry.remove_file();
+            entry.retire();
         }
         true
     }
@@ -561,14 +561,16 @@ impl Shared {
         let failed_key = key.to_owned();
         let before_failure: runner::BeforeFailure = Box::new(move || {
             // The failed entry leaves the index before anyone learns of the failure, so
-            // whoever saw the error and asks again gets a fresh entry.
-            if let Some(shared) = weak.upgrade() {
-                shared.forget(&failed_key, &entry);
+            // whoever saw the error and asks again gets a fresh entry. Nobody will open
+            // it by name again: its space goes back now (after a full disk that
+            // matters) rather than when the sweep finds it. Readers that have the file
+            // open keep reading what was written.
+            match weak.upgrade() {
+                Some(shared) => {
+                    shared.retire(&failed_key, &entry);
+                }
+                None => entry.remove_file(),
             }
-            // Nobody will open a failed entry by name again: give its space back now
-            // (after a full disk that matters) rather than when the sweep finds it.
-            // Readers that have the file open keep reading what was written.
-            entry.remove_file();
         });
         // A failure to start reaches the stream's readers; the lookup itself succeeded.
         let _ = runner::start(runner::Job {
@@ -607,6 +609,15 @@ impl Shared {
         false
     }
 
+    /// Takes `key`'s `entry` out of the index (if it is still there) and removes its
+    /// file's name: nobody will open it again; open readers read on. Returns whether
+    /// this call took it out.
+    fn retire(&self, key: &str, entry: &Arc<Entry>) -> bool {
+        let forgot = self.forget(key, entry);
+        entry.remove_file();
+        forgot
+    }
+
     fn maintain(&self, now: Instant, wall: SystemTime) {
         self.evict(now);
         let Some(cutoff) = wall.checked_sub(self.config.max_age) else {
@@ -638,8 +649,7 @@ impl Shared {
         self.metrics.add_evicted(expired.len() as u64);
         // Readers and the writer keep their open handles; only the name goes.
         for entry in expired {
-            entry.release_handle();
-            entry.remove_file();
+            entry.retire();
         }
     }
 }

@@ -131,6 +131,13 @@ impl Entry {
         drop(lock(&self.kept).take());
     }
 
+    /// Gives up the kept read handle and the file's name: the entry has left the
+    /// index for good. Open readers read on.
+    pub(crate) fn retire(&self) {
+        self.release_handle();
+        self.remove_file();
+    }
+
     /// Removes the file's name; open readers read on.
     pub(crate) fn remove_file(&self) {
         if let Err(err) = self.file.remove() {
