@@ -532,14 +532,7 @@ fn stats_prints_a_table_for_a_person() {
     for _ in 0..3 {
         daemon.exec(false, &["sh", "-c", "echo x"], b"");
     }
-    let out = Command::new(BIN)
-        .arg("stats")
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let table = text(&out.stdout);
+    let table = daemon.stats_table();
     for needle in [
         "lookups      3 (hits 2, misses 1, bypassed 0); refused 0",
         "hit ratio    66.7%",

@@ -10,14 +10,10 @@ use rustix::process::Signal;
 
 use crate::support::{
     fds_besides_entries, fifo, files_under, is_running, lasting_threads, output_within, pid_in,
-    read_pids, read_stdout, require_root, signal, spawn_client, text, wait_for_fds,
-    wait_for_threads, wait_until, Daemon, ExitWatch, Tmpfs, PATIENCE,
+    read_pids, read_stdout, require_root, sh, signal, spawn_client, text,
+    three_clients_of_one_gated_entry, wait_for_fds, wait_for_threads, wait_until, Daemon,
+    ExitWatch, Tmpfs, PATIENCE,
 };
-
-/// `sh -c BODY`.
-fn sh(body: &str) -> [&str; 3] {
-    ["sh", "-c", body]
-}
 
 fn assert_failed_after_output(out: &Output, who: &str, cause: &str) {
     assert_eq!(
@@ -50,22 +46,8 @@ fn a_disk_that_fills_during_a_miss_fails_every_attached_client_and_serves_nothin
         // Something else takes 6 of the 8 MiB; the command writes 4 MiB.
         let filler = tmpfs.path().join("filler");
         std::fs::write(&filler, vec![0u8; 6 << 20]).unwrap();
-        let gate = work.path().join("gate");
-        fifo(&gate);
-        let body = format!(
-            "if [ -p {g} ]; then read go < {g}; fi; head -c 4194304 /dev/zero",
-            g = gate.display()
-        );
+        let (clients, body) = three_clients_of_one_gated_entry(&daemon, work.path(), 4 << 20);
         let command = sh(&body);
-        // The first client's miss waits at the gate until two more have joined it.
-        let mut clients = vec![spawn_client(daemon.exec_cmd(false, &command))];
-        daemon.wait_for_log(&["serving", "status=miss"]);
-        for _ in 0..2 {
-            clients.push(spawn_client(daemon.exec_cmd(false, &command)));
-            daemon.wait_for_log(&["serving", "status=hit"]);
-        }
-        std::fs::write(&gate, b"go\n").unwrap();
-        std::fs::remove_file(&gate).unwrap();
         for (i, client) in clients.into_iter().enumerate() {
             let out = output_within(client, "a client of the entry that hit a full disk");
             let who = format!("client {i} (backpressure {backpressure})");

@@ -9,14 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 use crate::support::{
     count_lines, fifo, fsck, output_within, pack_size, refs, require_root, run_with_stdin, script,
-    small_repo, spawn_client, text, usage, wait_until, Daemon, GitEnv, LockGate, Sampler, Tmpfs,
-    BIN, PATIENCE,
+    sh, small_repo, spawn_client, text, three_clients_of_one_gated_entry, usage, wait_until,
+    Daemon, GitEnv, LockGate, Sampler, Tmpfs, BIN, PATIENCE,
 };
-
-/// `sh -c BODY`.
-fn sh(body: &str) -> [&str; 3] {
-    ["sh", "-c", body]
-}
 
 /// The default guard on a file system of `size` bytes: 5% of it, in whole pages
 /// (rounded up).
@@ -60,23 +55,9 @@ fn with_the_default_free_space_guard_a_disk_short_of_room_serves_every_client_wh
     assert_eq!(min_free, guard(8 << 20));
     // Something else takes 6 of the 8 MiB; the command writes 4 MiB.
     std::fs::write(tmpfs.path().join("filler"), vec![0u8; 6 << 20]).unwrap();
-    let gate = work.path().join("gate");
-    fifo(&gate);
-    let body = format!(
-        "if [ -p {g} ]; then read go < {g}; fi; head -c 4194304 /dev/zero",
-        g = gate.display()
-    );
-    let command = sh(&body);
     let sampler = Sampler::start(tmpfs.path());
-    // The first client's miss waits at the gate until two more have joined it.
-    let mut clients = vec![spawn_client(daemon.exec_cmd(false, &command))];
-    daemon.wait_for_log(&["serving", "status=miss"]);
-    for _ in 0..2 {
-        clients.push(spawn_client(daemon.exec_cmd(false, &command)));
-        daemon.wait_for_log(&["serving", "status=hit"]);
-    }
-    std::fs::write(&gate, b"go\n").unwrap();
-    std::fs::remove_file(&gate).unwrap();
+    let (clients, body) = three_clients_of_one_gated_entry(&daemon, work.path(), 4 << 20);
+    let command = sh(&body);
     for (i, out) in outputs(clients, "a client of an entry short of room")
         .into_iter()
         .enumerate()
@@ -118,12 +99,7 @@ fn with_the_default_free_space_guard_a_disk_short_of_room_serves_every_client_wh
     assert_eq!(daemon.stat("room_bypasses_total"), 1);
     assert_eq!(daemon.stat("bypassed_total"), 1);
     assert_eq!(daemon.stat("errors_total"), 0);
-    let table = Command::new(BIN)
-        .args(["stats", "--socket"])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
-    let table = text(&table.stdout);
+    let table = daemon.stats_table();
     assert!(
         table.contains("0 transient entries now, 1 bypasses for room"),
         "{table}"
@@ -379,12 +355,7 @@ fn clone_storms_of_two_repositories_on_a_tmpfs_smaller_than_two_packs_keep_to_th
     assert_eq!(hits + misses + bypassed, 16);
     assert_eq!(daemon.stat("failures_total"), 0);
     assert_eq!(daemon.stat("errors_total"), 0);
-    let table = Command::new(BIN)
-        .args(["stats", "--socket"])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
-    let table = text(&table.stdout);
+    let table = daemon.stats_table();
     assert!(
         table.contains(&format!("{room} bypasses for room")),
         "{table}"

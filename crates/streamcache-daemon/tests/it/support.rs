@@ -168,6 +168,17 @@ impl Daemon {
             .collect()
     }
 
+    /// The table `streamcache stats` prints for this daemon.
+    pub(crate) fn stats_table(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["stats", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "stats failed: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
     /// One counter from [`Daemon::stats`], without the `streamcache_` prefix.
     pub(crate) fn stat(&self, name: &str) -> u64 {
         let stats = self.stats();
@@ -431,6 +442,22 @@ pub(crate) fn fixture() -> &'static Fixture {
     })
 }
 
+/// Feeds `stream` to `git fast-import` in `repo`.
+fn fast_import(env: &GitEnv, repo: &Path, stream: &[u8]) {
+    let mut child = env
+        .git([
+            OsStr::new("-C"),
+            repo.as_os_str(),
+            OsStr::new("fast-import"),
+            OsStr::new("--quiet"),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stream).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 fn build_fixture(repo: &Path) {
     let env = GitEnv::new(None);
     env.run([
@@ -446,19 +473,7 @@ fn build_fixture(repo: &Path) {
         OsStr::new("uploadpack.allowFilter"),
         OsStr::new("true"),
     ]);
-    let stream = fast_import_stream();
-    let mut child = env
-        .git([
-            OsStr::new("-C"),
-            repo.as_os_str(),
-            OsStr::new("fast-import"),
-            OsStr::new("--quiet"),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&stream).unwrap();
-    assert!(child.wait().unwrap().success());
+    fast_import(&env, repo, &fast_import_stream());
     env.run([
         OsStr::new("-C"),
         repo.as_os_str(),
@@ -938,6 +953,38 @@ pub(crate) fn require_root(why: &str) {
     );
 }
 
+/// `sh -c BODY`.
+pub(crate) fn sh(body: &str) -> [&str; 3] {
+    ["sh", "-c", body]
+}
+
+/// Three clients of one entry: a command that writes `bytes` zero bytes once a gate (a
+/// FIFO in `dir`) opens. The first client's miss waits at the gate until the other two
+/// have joined its entry as hits; then the gate opens. Returns the clients in order,
+/// and the `sh` body (run again, it is the same key, and no longer waits).
+pub(crate) fn three_clients_of_one_gated_entry(
+    daemon: &Daemon,
+    dir: &Path,
+    bytes: u64,
+) -> (Vec<Child>, String) {
+    let gate = dir.join("gate");
+    fifo(&gate);
+    let body = format!(
+        "if [ -p {g} ]; then read go < {g}; fi; head -c {bytes} /dev/zero",
+        g = gate.display()
+    );
+    let command = sh(&body);
+    let mut clients = vec![spawn_client(daemon.exec_cmd(false, &command))];
+    daemon.wait_for_log(&["serving", "status=miss"]);
+    for _ in 0..2 {
+        clients.push(spawn_client(daemon.exec_cmd(false, &command)));
+        daemon.wait_for_log(&["serving", "status=hit"]);
+    }
+    std::fs::write(&gate, b"go\n").unwrap();
+    std::fs::remove_file(&gate).unwrap();
+    (clients, body)
+}
+
 /// A `streamcache exec` child with piped stdout and stderr and no stdin, started now.
 pub(crate) fn spawn_client(mut cmd: Command) -> Child {
     cmd.stdin(Stdio::null())
@@ -1157,18 +1204,7 @@ pub(crate) fn small_repo(env: &GitEnv, path: &Path, seed: u64, blobs: usize) {
         stream.extend_from_slice(&blob);
         stream.extend_from_slice(b"\n\n");
     }
-    let mut child = env
-        .git([
-            OsStr::new("-C"),
-            path.as_os_str(),
-            OsStr::new("fast-import"),
-            OsStr::new("--quiet"),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&stream).unwrap();
-    assert!(child.wait().unwrap().success());
+    fast_import(env, path, &stream);
     // So few objects are written loose (`fastimport.unpackLimit`): pack them, as a
     // served repository would be.
     env.run([
