@@ -559,6 +559,48 @@ fn with_a_lead_window_the_writer_runs_that_far_ahead_of_the_fastest_reader_plus_
     });
 }
 
+/// Waits, without sleeping, until `n` readers doze.
+fn await_dozing(core: &Core, n: usize) {
+    while core.dozing().0 != n {
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn with_a_wide_lead_window_a_dozing_reader_is_left_be_until_half_the_window_is_written() {
+    let mut core = Core::new(true, 8 << 20);
+    // Dozes that outlast the test: only the writer can end this one.
+    core.doze = std::time::Duration::from_secs(3600);
+    let _reader = core.subscribe(|| Ok(())).unwrap().1;
+    thread::scope(|s| {
+        // A new pipe's producer is about to write: the waiting reader dozes.
+        let reader = s.spawn(|| core.wait_readable(0));
+        await_dozing(&core, 1);
+        write(&core, 64 << 10).unwrap();
+        assert_eq!(
+            core.dozing(),
+            (1, true),
+            "a write that leaves the reader dozing, unannounced"
+        );
+        write(&core, (4 << 20) - (64 << 10)).unwrap();
+        assert_eq!(reader.join().unwrap(), Readable::Until(4 << 20));
+        assert_eq!(core.dozing(), (0, false));
+    });
+}
+
+#[test]
+fn with_a_wide_lead_window_a_reader_waiting_at_the_end_gets_a_small_write() {
+    let core = Core::new(true, 8 << 20);
+    let _reader = core.subscribe(|| Ok(())).unwrap().1;
+    thread::scope(|s| {
+        let reader = s.spawn(|| core.wait_readable(0));
+        write(&core, 1).unwrap();
+        // Left be while it dozed, or woken once it stopped dozing: it gets the byte
+        // either way, by itself when its doze runs out.
+        assert_eq!(reader.join().unwrap(), Readable::Until(1));
+    });
+}
+
 #[test]
 fn a_closed_readers_high_water_mark_still_counts() {
     let (core, mut readers) = core_with_readers(true, 2);
