@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use crate::error::{Error, Result};
 use crate::floor::{Floor, Mark};
-use crate::sync::{lock, AtomicBool, AtomicU8, Condvar, Mutex};
+use crate::sync::{lock, AtomicBool, AtomicU64, AtomicU8, Condvar, Mutex};
 use crate::waiter::Waiter;
 
 /// What a reader at some position may do next.
@@ -350,6 +350,15 @@ impl Core {
         wakers.into_iter().for_each(Waker::wake);
     }
 
+    /// Wakes the waiting readers if some were not told of the latest writes.
+    fn announce(&self) {
+        let mut st = lock(&self.state);
+        if std::mem::take(&mut st.unannounced) && st.parked > 0 {
+            st.announced = self.written.position();
+            self.readers.notify_all();
+        }
+    }
+
     /// Wakes every waiting reader (the writer's state changed).
     fn wake_all_readers(&self, mut st: crate::sync::MutexGuard<'_, State>) {
         self.writing.store(false, SeqCst);
@@ -541,6 +550,12 @@ impl Core {
         (st.dozing, st.unannounced)
     }
 
+    /// Readers parked, dozing or not.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn parked(&self) -> usize {
+        lock(&self.state).parked
+    }
+
     /// Wakes a parked writer for no reason (tests of spurious wake-ups).
     #[cfg(all(test, not(loom)))]
     pub(crate) fn nudge_writer(&self) {
@@ -558,6 +573,7 @@ pub(crate) fn channel(backpressure: bool, lead: u64, floor: bool) -> (Sender, Ta
         core: Core::new(backpressure, lead),
         outcome: Arc::new(Waiter::default()),
         floor: Floor::new(floor),
+        tail: Tail::default(),
     });
     (
         Sender {
@@ -568,13 +584,34 @@ pub(crate) fn channel(backpressure: bool, lead: u64, floor: bool) -> (Sender, Ta
     )
 }
 
-/// What both ends see: the coordination core, the producer's result, and where the
-/// slowest reader is.
+/// What both ends see: the coordination core, the producer's result, where the
+/// slowest reader is, and the bytes that are not in the file.
 #[derive(Debug)]
 struct Shared {
     core: Core,
     outcome: Arc<Waiter>,
     floor: Floor,
+    tail: Tail,
+}
+
+/// The bytes of a *passing* entry that are not in its file: the producer's latest
+/// piece, handed to the readers through memory because the file system had no room
+/// for it and the entry none to free (see [`crate::room`]). Readers at or past `start`
+/// copy from here; the producer replaces the piece only once every reader has it.
+#[derive(Debug)]
+struct Tail {
+    /// Where `bytes` start in the stream; `u64::MAX` while everything is in the file.
+    start: AtomicU64,
+    bytes: Mutex<Vec<u8>>,
+}
+
+impl Default for Tail {
+    fn default() -> Tail {
+        Tail {
+            start: AtomicU64::new(u64::MAX),
+            bytes: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// Opens readers of a pipe. The entry that owns the pipe's file holds it.
@@ -641,9 +678,28 @@ impl Sender {
         self.shared.core.end_write(position);
     }
 
-    /// Where the slowest open reader is.
-    pub(crate) fn floor(&self) -> &Floor {
-        &self.shared.floor
+    /// Where the slowest open reader is; `None` once every reader left.
+    pub(crate) fn slowest(&self) -> Option<u64> {
+        self.shared.floor.lowest()
+    }
+
+    /// Waits until the slowest open reader is past `position` and returns where it is;
+    /// `None` once every reader left. Every waiting reader is first told of every byte
+    /// published: one left unwoken (see [`Core`]) would otherwise wait for a writer
+    /// that waits for it.
+    pub(crate) fn await_slowest_past(&self, position: u64) -> Option<u64> {
+        self.shared.core.announce();
+        self.shared.floor.wait_above(position)
+    }
+
+    /// Hands `bytes`, the stream's bytes from `start` on, to the readers through
+    /// memory instead of the file (a passing entry). The caller publishes them with
+    /// [`Sender::end_write`], and replaces them only once every reader has them.
+    pub(crate) fn pass(&self, start: u64, bytes: &[u8]) {
+        let mut tail = lock(&self.shared.tail.bytes);
+        tail.clear();
+        tail.extend_from_slice(bytes);
+        self.shared.tail.start.store(start, SeqCst);
     }
 
     /// Publishes the end of a complete stream. Fails, publishing nothing, if every
@@ -690,9 +746,33 @@ impl Receiver {
         self.position
     }
 
-    /// The file, to read at [`Receiver::position`] (`pread`, `sendfile`, `splice`).
+    /// The file, to read at [`Receiver::position`] (`pread`, `sendfile`, `splice`),
+    /// unless [`Receiver::past_file`].
     pub(crate) fn file(&self) -> &File {
         &self.file
+    }
+
+    /// Whether the bytes at this reader's position come through memory, not the file
+    /// (see [`Sender::pass`]); read them with [`Receiver::read_passed`].
+    pub(crate) fn past_file(&self) -> bool {
+        self.position >= self.shared.tail.start.load(SeqCst)
+    }
+
+    /// Copies passed bytes at this reader's position into `buf` (without consuming
+    /// them); 0 if there are none.
+    pub(crate) fn read_passed(&self, buf: &mut [u8]) -> usize {
+        let tail = lock(&self.shared.tail.bytes);
+        let start = self.shared.tail.start.load(SeqCst);
+        let from = self
+            .position
+            .checked_sub(start)
+            .and_then(|from| usize::try_from(from).ok());
+        let Some(passed) = from.and_then(|from| tail.get(from..)) else {
+            return 0;
+        };
+        let n = passed.len().min(buf.len());
+        buf[..n].copy_from_slice(&passed[..n]);
+        n
     }
 
     /// Records that this reader consumed `n` more bytes. This is where a reader's

@@ -15,6 +15,13 @@
 //!
 //! Every reader that was attached gets every byte: nothing below the slowest reader is
 //! ever read again, because nobody new can join.
+//!
+//! A write can still find the file system full (another program raced the guard). The
+//! entry then turns transient holding only what is on disk, and makes room by
+//! releasing; if it has nothing on disk to release, it turns **passing**: the rest of
+//! its bytes go to its readers through memory, one piece (at most a write, at most
+//! 1 MiB) at a time, the producer waiting for the slowest reader before each piece
+//! ([`crate::pipe::Sender::pass`]). Lack of room fails no reader, also mid-entry.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -23,8 +30,8 @@ use rustix::fs::FallocateFlags;
 
 use crate::budget::{pages, Footprint, PAGE};
 use crate::error::{Error, Op, Result};
-use crate::floor::Floor;
 use crate::metrics::Metrics;
+use crate::pipe::Sender;
 
 /// Called once when the entry turns transient: take it out of the index and seal it.
 pub(crate) type OnTransient = Box<dyn FnOnce() + Send + Sync>;
@@ -73,7 +80,7 @@ impl Room {
     /// [`Error::Io`] if releasing failed.
     pub(crate) fn admit(
         &mut self,
-        floor: &Floor,
+        sender: &Sender,
         file: &File,
         path: &std::path::Path,
         written: u64,
@@ -91,7 +98,7 @@ impl Room {
                 }
                 self.turn_transient();
             }
-            if self.release(floor, file, path, written)? {
+            if self.release(sender, file, path, written)? {
                 continue;
             }
             // What fits: the file may reach `released + held` bytes (`held` is whole
@@ -101,7 +108,10 @@ impl Room {
                 return Ok(fits);
             }
             // Nothing fits until the slowest reader passes the next whole page.
-            if floor.wait_above(self.released + PAGE - 1).is_none() {
+            if sender
+                .await_slowest_past(self.released + PAGE - 1)
+                .is_none()
+            {
                 return Err(Error::ReadersGone);
             }
         }
@@ -116,7 +126,8 @@ impl Room {
     /// A write found the file system full although the budget had room (the guard
     /// raced with another program). Turns transient, holding no more than is on disk,
     /// so the next [`Room::admit`] waits for readers and releases. Returns false when
-    /// nothing is on disk to release: no room can be made.
+    /// nothing is on disk to release: no room can be made, and the entry passes its
+    /// bytes through memory from now on.
     pub(crate) fn out_of_space(&mut self, written: u64) -> bool {
         if !self.transient {
             self.turn_transient();
@@ -146,12 +157,12 @@ impl Room {
     /// Returns whether anything was released.
     fn release(
         &mut self,
-        floor: &Floor,
+        sender: &Sender,
         file: &File,
         path: &std::path::Path,
         written: u64,
     ) -> Result<bool> {
-        let Some(lowest) = floor.lowest() else {
+        let Some(lowest) = sender.slowest() else {
             return Err(Error::ReadersGone);
         };
         let to = lowest.min(written) / PAGE * PAGE;

@@ -98,6 +98,15 @@ impl EntryReader {
     fn pread_available(&mut self, buf: &mut [u8], end: u64) -> io::Result<usize> {
         let position = self.rx.position();
         let want = usize::try_from(end - position).map_or(buf.len(), |a| a.min(buf.len()));
+        if self.rx.past_file() {
+            return match self.rx.read_passed(&mut buf[..want]) {
+                0 => Err(self.file_too_short().into()),
+                n => {
+                    self.rx.consume(n as u64);
+                    Ok(n)
+                }
+            };
+        }
         loop {
             match self.rx.file().read_at(&mut buf[..want], position) {
                 Ok(0) => return Err(self.file_too_short().into()),

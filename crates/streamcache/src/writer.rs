@@ -11,6 +11,10 @@ use crate::error::{Error, Op, Result};
 use crate::pipe::Sender;
 use crate::room::Room;
 
+/// The largest piece a passing entry holds in memory (see [`crate::room`]): a larger
+/// write goes to the readers in pieces of this size.
+const PASS_PIECE: usize = 1 << 20;
+
 /// Where a producer writes the entry's bytes.
 ///
 /// Every `write` call stores the whole buffer or fails: a short write is never reported,
@@ -45,6 +49,9 @@ enum Inner {
         failure: Option<Error>,
         /// The entry's room on disk, with a budget or a free-space guard.
         room: Option<Room>,
+        /// The file system is full and the entry holds nothing to free: its bytes go
+        /// to its readers through memory, piece by piece (see [`crate::room`]).
+        passing: bool,
         #[cfg(test)]
         close_fault: Option<io::ErrorKind>,
     },
@@ -61,6 +68,7 @@ impl Writer {
                 path,
                 failure: None,
                 room,
+                passing: false,
                 #[cfg(test)]
                 close_fault: None,
             },
@@ -170,6 +178,7 @@ impl Write for Writer {
                 path,
                 failure,
                 room,
+                passing,
                 ..
             } => {
                 if let Some(err) = failure {
@@ -179,6 +188,19 @@ impl Write for Writer {
                 let mut rest = buf;
                 while !rest.is_empty() {
                     sender.begin_write()?;
+                    if *passing {
+                        let n = rest.len().min(PASS_PIECE);
+                        // The piece before this one must have reached every reader.
+                        if self.written > 0 && sender.await_slowest_past(self.written - 1).is_none()
+                        {
+                            return Err(Error::ReadersGone.into());
+                        }
+                        sender.pass(self.written, &rest[..n]);
+                        self.written += n as u64;
+                        sender.end_write(self.written);
+                        rest = &rest[n..];
+                        continue;
+                    }
                     let Some(file) = file.as_mut() else {
                         return Err(Error::WriterClosed.into());
                     };
@@ -186,7 +208,7 @@ impl Write for Writer {
                         None => rest.len(),
                         Some(room) => {
                             let len = rest.len() as u64;
-                            match room.admit(sender.floor(), file, path, self.written, len) {
+                            match room.admit(sender, file, path, self.written, len) {
                                 // At most `len`, which is a `usize`.
                                 Ok(n) => usize::try_from(n).unwrap_or(rest.len()),
                                 Err(Error::ReadersGone) => return Err(Error::ReadersGone.into()),
@@ -206,7 +228,9 @@ impl Write for Writer {
                         );
                         // The file system filled up under the budget (another program
                         // raced the guard): make room from what readers have passed.
-                        if full && room.as_mut().is_some_and(|r| r.out_of_space(self.written)) {
+                        if let (true, Some(room)) = (full, room.as_mut()) {
+                            // Nothing on disk to free: pass the bytes through memory.
+                            *passing = !room.out_of_space(self.written);
                             continue;
                         }
                         // The part of this piece that did reach the file is not

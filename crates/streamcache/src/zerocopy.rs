@@ -162,6 +162,10 @@ pub(crate) fn send_entry(
             Readable::Failed => return Err(reader.rx.failure()),
             Readable::Until(end) => end,
         };
+        if reader.rx.past_file() {
+            // A passing entry: the rest comes through memory (see `crate::room`).
+            return copy_entry_plain(reader, dst, served);
+        }
         if end - reader.rx.position() < STAGE_BELOW {
             if let Some(staging) = stage.get_or_insert_with(Stage::new) {
                 match stage_step(

@@ -602,6 +602,41 @@ fn with_a_wide_lead_window_a_reader_waiting_at_the_end_gets_a_small_write() {
 }
 
 #[test]
+fn a_writer_that_waits_for_its_slowest_reader_first_wakes_the_readers_it_did_not_wake() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("entry");
+    let mut file = File::create(&path).unwrap();
+    let (sender, tap) = channel(true, 0, true);
+    let open = || {
+        tap.subscribe(|| Ok(Arc::new(File::open(&path).unwrap())))
+            .unwrap()
+    };
+    let (a, b) = (open(), open());
+    thread::scope(|s| {
+        // Each reader waits at 0, takes what it is shown, and stays open.
+        let follow = |mut rx: Receiver| {
+            move || {
+                if let Readable::Until(end) = rx.wait_readable() {
+                    rx.consume(end - rx.position());
+                }
+                rx
+            }
+        };
+        let (a, b) = (s.spawn(follow(a)), s.spawn(follow(b)));
+        while tap.shared.core.parked() != 2 {
+            thread::yield_now();
+        }
+        let at = sender.begin_write().unwrap();
+        file.write_all(b"x").unwrap();
+        // One write wakes one parked reader; the other is told later.
+        sender.end_write(at + 1);
+        assert_eq!(sender.await_slowest_past(at), Some(1));
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        assert_eq!((a.position(), b.position()), (1, 1));
+    });
+}
+
+#[test]
 fn a_closed_readers_high_water_mark_still_counts() {
     let (core, mut readers) = core_with_readers(true, 2);
     write(&core, 4).unwrap();

@@ -301,6 +301,74 @@ fn below_the_free_space_guard_misses_bypass_and_are_cached_again_once_space_retu
     assert_eq!(cache.stats().failures, 0);
 }
 
+/// Fills the file system of `tmpfs` to the last page with a file of the test's own.
+fn fill_up(tmpfs: &Tmpfs) -> std::path::PathBuf {
+    let path = tmpfs.path().join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for piece in [64 << 10, 4 << 10, 1] {
+        let buf = vec![1u8; piece];
+        while let Ok(n) = file.write(&buf) {
+            assert!(n > 0, "a write of the filler stored nothing");
+        }
+    }
+    assert_eq!(tmpfs.free(), 0, "the filler took every page");
+    path
+}
+
+#[test]
+fn a_write_that_finds_the_file_system_full_with_nothing_to_free_passes_its_bytes_through_memory() {
+    let tmpfs = Tmpfs::mount(8);
+    let cache = budget_cache(&tmpfs, None, 4096);
+    let bytes = Arc::new(content(11, 6 * MIB));
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let (mut reader, lookup) = cache
+        .lookup("full", {
+            let bytes = Arc::clone(&bytes);
+            move |w| {
+                gate.recv().map_err(io::Error::other)?;
+                producer(bytes)(w)
+            }
+        })
+        .unwrap();
+    assert_eq!(lookup, Lookup::Miss);
+    let (mut sender, lookup) = cache
+        .lookup("full", |_| Err(io::Error::other("ran twice")))
+        .unwrap();
+    assert_eq!(lookup, Lookup::Hit);
+    // After the entry got its room, another program takes every page that was left.
+    let filler = fill_up(&tmpfs);
+    go.send(()).unwrap();
+
+    std::thread::scope(|s| {
+        // One reader through `read`, one through `send_to` into a file elsewhere.
+        let sent = s.spawn(move || {
+            let mut out = tempfile::tempfile().unwrap();
+            let n = sender.send_to(&out).expect("every byte, sent");
+            sender.wait().expect("the producer's success");
+            let mut copy = Vec::new();
+            io::Seek::rewind(&mut out).unwrap();
+            out.read_to_end(&mut copy).unwrap();
+            (n, copy)
+        });
+        assert!(read_all(&mut reader) == *bytes, "wrong bytes read");
+        let (n, copy) = sent.join().unwrap();
+        assert_eq!(n, bytes.len() as u64);
+        assert!(copy == *bytes, "wrong bytes sent");
+    });
+    let stats = cache.stats();
+    assert_eq!((stats.failures, stats.transient_entries), (0, 0));
+
+    // It was never kept: once there is room, the key is a miss and is cached.
+    std::fs::remove_file(filler).unwrap();
+    let (mut stream, lookup) = cache.lookup("full", producer(Arc::clone(&bytes))).unwrap();
+    assert_eq!(lookup, Lookup::Miss);
+    assert!(read_all(&mut stream) == *bytes);
+    let (_, lookup) = cache
+        .lookup("full", |_| Err(io::Error::other("ran again")))
+        .unwrap();
+    assert_eq!(lookup, Lookup::Hit);
+}
+
 #[test]
 fn a_budget_of_zero_is_refused_with_the_field_named() {
     let mut cfg = streamcache::Config::new("/nowhere");

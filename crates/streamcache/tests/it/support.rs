@@ -202,6 +202,12 @@ impl Tmpfs {
         let st = nix::sys::statvfs::statvfs(self.dir.path()).expect("statvfs of the tmpfs");
         (st.blocks() - st.blocks_free()) * st.fragment_size()
     }
+
+    /// Bytes free on the file system.
+    pub(crate) fn free(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(self.dir.path()).expect("statvfs of the tmpfs");
+        st.blocks_free() * st.fragment_size()
+    }
 }
 
 impl Drop for Tmpfs {
