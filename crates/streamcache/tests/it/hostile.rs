@@ -197,3 +197,63 @@ fn a_root_given_through_a_link_is_swept() {
     assert_eq!(cache.stats().swept_files, 1);
     assert!(files[0].exists(), "the young entry stays");
 }
+
+/// Another program truncates an entry file under a reader: the reader gets an error
+/// that says the file is shorter than what was written (never a silent short read, and
+/// never a crash, should reads ever come from a memory map of the file), and the
+/// process and later lookups go on.
+#[test]
+fn an_entry_file_truncated_under_its_readers_is_an_error_for_them_not_a_crash() {
+    const LEN: usize = 1 << 20;
+    let tc = TempCache::new(true);
+    let content: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let (mut first, _) = tc
+        .cache
+        .find_or_create("k", {
+            let content = content.clone();
+            move |w| w.write_all(&content)
+        })
+        .unwrap();
+    let mut head = vec![0u8; 4096];
+    first.read_exact(&mut head).unwrap();
+    assert_eq!(head, content[..4096]);
+    let (mut second, created) = tc
+        .cache
+        .find_or_create("k", |_| Err(std::io::Error::other("ran twice")))
+        .unwrap();
+    assert!(!created, "the second lookup joins the entry");
+    let mut whole = Vec::new();
+    second.read_to_end(&mut whole).unwrap();
+    assert!(whole == content, "the entry before the truncation");
+    second.wait().unwrap();
+
+    let files = regular_files(tc.root());
+    assert_eq!(files.len(), 1, "one entry file: {files:?}");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let err = first.read_to_end(&mut Vec::new()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain = format!("{chain}: {cause}");
+        source = cause.source();
+    }
+    assert!(
+        chain.contains("shorter than what was written"),
+        "the error says what happened: {chain}"
+    );
+    // The process is alive, and so is the cache.
+    let (mut other, _) = tc
+        .cache
+        .find_or_create("other", |w| w.write_all(b"fine"))
+        .unwrap();
+    let mut got = Vec::new();
+    other.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"fine");
+}
