@@ -11,9 +11,14 @@
 //! still holds is unlinked but not yet freed, so it still counts). The totals over all
 //! footprints are what the budget holds: `held` never passes `max_disk_bytes`.
 //!
-//! The free-space guard is asked at every new chunk: the file system's free space
-//! (`fstatvfs`), less what is held but not yet written, must stay above
-//! `min_free_bytes`. So the guard also sees what other programs wrote meanwhile.
+//! The free-space guard is asked at every new chunk, and by each entry being written
+//! every [`GUARD_EVERY`] bytes: the file system's free space (`fstatvfs`), less what is
+//! held but not yet written, must stay above `min_free_bytes`. So the guard also sees
+//! what other programs wrote meanwhile. When they took the room our reservations
+//! counted on, every entry being written gives back what it holds beyond what it has
+//! written ([`Budget::check_guard`]) and asks again before its next write, so the
+//! cache keeps `min_free_bytes` free, less at most [`GUARD_EVERY`] per entry being
+//! written (what one may write between two looks).
 //!
 //! To find room, the budget asks the cache to evict its least recently used finished
 //! entry, one at a time. An evicted file still held open frees nothing until its
@@ -44,6 +49,9 @@ pub(crate) struct Budget {
     store: Arc<FileStore>,
     totals: Mutex<Totals>,
     evict: OnceLock<Evict>,
+    /// Raised each time the guard found that others took the room reservations counted
+    /// on; each footprint then gives back what it holds ahead of its writes.
+    squeezes: AtomicU64,
 }
 
 impl std::fmt::Debug for Budget {
@@ -67,6 +75,10 @@ struct Totals {
 /// Without a budget, a chunk is this big (the free-space guard still applies).
 const CHUNK_WITHOUT_BUDGET: u64 = 64 << 20;
 
+/// An entry being written looks at the free-space guard at least this often, in bytes
+/// written (see the module docs).
+pub(crate) const GUARD_EVERY: u64 = 4 << 20;
+
 impl Budget {
     /// A budget for a cache with these settings; `None` when neither a budget nor a
     /// free-space guard is set (nothing to count: today's behaviour).
@@ -86,6 +98,7 @@ impl Budget {
             store,
             totals: Mutex::new(Totals::default()),
             evict: OnceLock::new(),
+            squeezes: AtomicU64::new(0),
         }))
     }
 
@@ -105,6 +118,31 @@ impl Budget {
         (t.on_disk, t.held - t.on_disk)
     }
 
+    /// Checks the free-space guard against what is held ahead of writes: if others
+    /// filled the file system so that our reservations would take it below
+    /// `min_free_bytes`, every footprint gives back what it holds ahead of its writes
+    /// (at its next [`Footprint::held`]).
+    pub(crate) fn check_guard(&self) {
+        if self.min_free == 0 {
+            return;
+        }
+        let totals = lock(&self.totals);
+        // Unknown free space squeezes nothing here; the next chunk asked for holds
+        // nothing then (see `room`).
+        if let Ok(free) = self.store.free_bytes() {
+            self.squeeze_if_short(free, &totals);
+        }
+    }
+
+    /// Raises a squeeze if what is held ahead of writes would take `free` below
+    /// `min_free_bytes`.
+    fn squeeze_if_short(&self, free: u64, totals: &Totals) {
+        let ahead = totals.held - totals.on_disk;
+        if ahead > 0 && free < self.min_free.saturating_add(ahead) {
+            self.squeezes.fetch_add(1, Relaxed);
+        }
+    }
+
     /// A footprint for a new entry file, holding its first chunk; `None` if even
     /// `at_least` bytes cannot be had.
     pub(crate) fn open(self: &Arc<Self>, at_least: u64) -> Option<Arc<Footprint>> {
@@ -112,6 +150,7 @@ impl Budget {
             budget: Arc::clone(self),
             held: AtomicU64::new(0),
             on_disk: AtomicU64::new(0),
+            squeezes: AtomicU64::new(self.squeezes.load(Relaxed)),
         });
         footprint.grow(at_least).then_some(footprint)
     }
@@ -131,6 +170,7 @@ impl Budget {
             };
             // What is held but not yet written will come out of today's free space.
             let ahead = totals.held - totals.on_disk;
+            self.squeeze_if_short(free, totals);
             room = room.min(free.saturating_sub(self.min_free).saturating_sub(ahead));
         }
         // Whole pages: a file takes its last page whole, so room granted in part of one
@@ -149,12 +189,24 @@ pub(crate) struct Footprint {
     held: AtomicU64,
     /// On disk now. Changed under the budget's lock.
     on_disk: AtomicU64,
+    /// The budget's squeezes this footprint has answered.
+    squeezes: AtomicU64,
 }
 
 impl Footprint {
-    /// Bytes held.
+    /// Bytes held; after a squeeze (see [`Budget::check_guard`]), no more than what is
+    /// on disk.
     pub(crate) fn held(&self) -> u64 {
+        let squeezes = self.budget.squeezes.load(Relaxed);
+        if self.squeezes.swap(squeezes, Relaxed) != squeezes {
+            self.shrink_to(0);
+        }
         self.held.load(Relaxed)
+    }
+
+    /// Checks the free-space guard (see [`Budget::check_guard`]).
+    pub(crate) fn check_guard(&self) {
+        self.budget.check_guard();
     }
 
     /// Holds at least `at_least` more bytes (a chunk if there is room for one),
@@ -169,6 +221,8 @@ impl Footprint {
                 if let Some(granted) = budget.room(&totals, at_least, want) {
                     totals.held += granted;
                     self.held.fetch_add(granted, Relaxed);
+                    // Granted after any squeeze so far, so it answers none of them.
+                    self.squeezes.store(budget.squeezes.load(Relaxed), Relaxed);
                     return true;
                 }
             }

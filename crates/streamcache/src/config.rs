@@ -63,8 +63,13 @@ pub struct Config {
     /// never fails a lookup or a reader.
     pub max_disk_bytes: Option<u64>,
     /// Keep at least this many bytes free on the file system of `dir` (`statvfs`),
-    /// whatever else fills it: checked at every reservation, with the same means as the
-    /// budget (evict, bypass, turn transient). 0 (the default): no guard.
+    /// whatever else fills it: checked at every reservation and every 4 MiB an entry
+    /// writes, with the same means as the budget (evict, bypass, turn transient). When
+    /// other programs took the room reservations counted on, entries being written give
+    /// back what they hold ahead of their writes. A write that finds the file system
+    /// full anyway turns its entry transient, or, with nothing of it on disk to free,
+    /// *passing*: the rest goes to its readers through memory. 0 (the default): no
+    /// guard, and a full file system fails the entry being written.
     pub min_free_bytes: u64,
     /// A key is cached only once it has been asked for more than this many times; the
     /// first occurrences run their producer outside the cache. 0 caches every key.

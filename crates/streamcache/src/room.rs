@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use rustix::fs::FallocateFlags;
 
-use crate::budget::{pages, Footprint, PAGE};
+use crate::budget::{pages, Footprint, GUARD_EVERY, PAGE};
 use crate::error::{Error, Op, Result};
 use crate::metrics::Metrics;
 use crate::pipe::Sender;
@@ -41,6 +41,8 @@ pub(crate) struct Room {
     footprint: Arc<Footprint>,
     /// The start of the file up to here (whole pages) has been released.
     released: u64,
+    /// The next write from here on looks at the free-space guard.
+    next_guard_check: u64,
     on_transient: Option<OnTransient>,
     metrics: Arc<Metrics>,
     transient: bool,
@@ -65,6 +67,7 @@ impl Room {
         Room {
             footprint,
             released: 0,
+            next_guard_check: GUARD_EVERY,
             on_transient: Some(on_transient),
             metrics,
             transient: false,
@@ -86,6 +89,10 @@ impl Room {
         written: u64,
         len: u64,
     ) -> Result<u64> {
+        if written >= self.next_guard_check {
+            self.footprint.check_guard();
+            self.next_guard_check = written + GUARD_EVERY;
+        }
         loop {
             let held = self.footprint.held();
             let needed = pages(written + len) - self.released;

@@ -301,6 +301,54 @@ fn below_the_free_space_guard_misses_bypass_and_are_cached_again_once_space_retu
     assert_eq!(cache.stats().failures, 0);
 }
 
+#[test]
+fn when_others_fill_the_file_system_an_entry_being_written_gives_back_its_reservation() {
+    let tmpfs = Tmpfs::mount(64);
+    let min_free = 16 * MIB;
+    let cache = budget_cache(&tmpfs, None, min_free);
+    let bytes = Arc::new(content(5, 40 * MIB));
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let (filled, at_4_mib) = std::sync::mpsc::channel::<()>();
+    let (mut stream, lookup) = cache
+        .lookup("growing", {
+            let bytes = Arc::clone(&bytes);
+            move |w| {
+                // 4 MiB under a reservation made when the file system was empty...
+                for chunk in bytes[..4 * MIB as usize].chunks(64 << 10) {
+                    w.write_all(chunk)?;
+                }
+                filled.send(()).map_err(io::Error::other)?;
+                gate.recv().map_err(io::Error::other)?;
+                // ...and 36 MiB more after others took most of the room.
+                for chunk in bytes[4 * MIB as usize..].chunks(64 << 10) {
+                    w.write_all(chunk)?;
+                }
+                Ok(())
+            }
+        })
+        .unwrap();
+    assert_eq!(lookup, Lookup::Miss);
+    let sampler = UsageSampler::start(&tmpfs);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| read_all(&mut stream));
+        at_4_mib.recv().unwrap();
+        // Another program writes 40 MiB: 20 MiB stay free, 4 above the guard.
+        std::fs::write(tmpfs.path().join("other"), vec![1u8; 40 * MIB as usize]).unwrap();
+        go.send(()).unwrap();
+        assert!(reader.join().unwrap() == *bytes, "wrong bytes");
+    });
+    let most = sampler.finish();
+    // The guard holds but for what one entry may write between two looks at it.
+    let allowed = 64 * MIB - (min_free - 4 * MIB);
+    assert!(
+        most <= allowed,
+        "the file system held {most} bytes at one time, more than {allowed}"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    assert_eq!(stats.disk_reserved_bytes, 0, "{stats:?}");
+}
+
 /// Fills the file system of `tmpfs` to the last page with a file of the test's own.
 fn fill_up(tmpfs: &Tmpfs) -> std::path::PathBuf {
     let path = tmpfs.path().join("filler");
