@@ -43,10 +43,10 @@ pub struct Config {
     /// read. A producer may pass the window by at most one write. Ignored without back
     /// pressure.
     ///
-    /// With a window of 1 MiB or more, readers that catch up with a producer in full
-    /// flow take what it wrote about every 100 µs rather than write by write: the
-    /// producer then pays no wake-up per write, and wakes them itself once half the
-    /// window is written. A producer that pauses still wakes them at its next write.
+    /// With a window of 1 MiB or more, readers that catch up with the producer take
+    /// what it wrote about every 100 µs rather than write by write: the producer then
+    /// pays no wake-up per write, and wakes them itself only once it is half the window
+    /// ahead. A producer that pauses wakes them at its next write.
     pub max_lead_bytes: u64,
     /// The most bytes this cache's entry files may take, counting finished entries,
     /// entries being written, and evicted files that readers still hold open. `None`

@@ -42,8 +42,9 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use crate::error::{Error, Result};
 use crate::floor::{Floor, Mark};
-use crate::sync::{lock, AtomicBool, AtomicU64, AtomicU8, Condvar, Mutex};
+use crate::sync::{lock, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Condvar, Mutex};
 use crate::waiter::Waiter;
+use crate::window::Windows;
 
 /// What a reader at some position may do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,11 +72,13 @@ const WAKE_ALL_EVERY: u64 = if cfg!(loom) { 2 } else { 256 << 10 };
 /// parks: about two 64 KiB writes to the page cache.
 const READER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 /// With a lead window of at least [`DOZE_MIN_LEAD`] (or no back pressure), a reader that
-/// caught up with a producer in mid-stream dozes this long instead of spinning or
-/// waiting to be woken, and the writer wakes no dozing reader until half the window is
-/// written. A reader that follows the writer write by write costs the writer a wake-up
-/// (a system call) per write, or, spinning, contention in the page cache: 13% of its
-/// rate on ext4 with a lead of 8 MiB. Dozing, the reader takes what came in one go.
+/// caught up with the producer dozes this long instead of spinning or waiting to be
+/// woken (once; finding nothing new after it, it waits to be woken), and the writer
+/// wakes no dozing reader while it is less than half the window ahead of the fastest
+/// reader. A reader that follows the writer write by write costs the writer a wake-up
+/// (a system call, and on a virtual machine an interrupt to the reader's CPU) per
+/// write, or, spinning, contention in the page cache: 13% of its rate on ext4 with a
+/// lead of 8 MiB. Dozing, the reader takes what came in one go.
 const DOZE: std::time::Duration = std::time::Duration::from_micros(100);
 /// The smallest lead window that makes readers doze (see [`DOZE`]): smaller windows
 /// would hold the writer back before a dozing reader looks again.
@@ -87,10 +90,8 @@ const WRITER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 #[derive(Debug)]
 struct State {
     writer_subscription: Option<Subscription>,
-    /// Readers parked on [`Core::readers`].
+    /// Readers parked on [`Core::readers`], dozing or not.
     parked: usize,
-    /// Of those, readers dozing: they look again after [`DOZE`] without being woken.
-    dozing: usize,
     /// The writer is parked on [`Core::writer`].
     writer_parked: bool,
     /// Wakers of tasks waiting in [`Core::poll_readable`].
@@ -145,15 +146,19 @@ pub(crate) struct Core {
     hot_reader: AtomicBool,
     /// A reader is spinning; at most one does, the writer may spin beside it.
     reader_spinning: AtomicBool,
+    /// Readers dozing (see [`DOZE`]): parked, but looking again by themselves, so they
+    /// raise no parked flag and the writer takes no lock for them. Changed under the
+    /// lock.
+    dozers: AtomicUsize,
     readers: Condvar,
     writer: Condvar,
     backpressure: bool,
     /// With back pressure, how far past the fastest reader a write may start (0: only
     /// when that reader has read everything, the reference's rule).
     lead: u64,
-    /// Readers doze (see [`DOZE`]), and the writer leaves dozing readers be until this
-    /// many bytes were written since they were last woken; 0: readers never doze. Half
-    /// the lead window, so they are woken before it holds the writer back.
+    /// Readers doze (see [`DOZE`]), and the writer leaves dozing readers be while it is
+    /// less than this many bytes ahead of the fastest reader; 0: readers never doze.
+    /// Half the lead window, so they are woken before it holds the writer back.
     doze_batch: u64,
     /// How long a reader dozes: [`DOZE`] (tests stretch it).
     doze: std::time::Duration,
@@ -167,7 +172,6 @@ impl Core {
             state: Mutex::new(State {
                 writer_subscription,
                 parked: 0,
-                dozing: 0,
                 writer_parked: false,
                 wakers: Vec::new(),
                 announced: 0,
@@ -182,6 +186,7 @@ impl Core {
             writing: AtomicBool::new(true),
             hot_reader: AtomicBool::new(false),
             reader_spinning: AtomicBool::new(false),
+            dozers: AtomicUsize::new(0),
             readers: Condvar::new(),
             writer: Condvar::new(),
             backpressure,
@@ -326,15 +331,14 @@ impl Core {
         let parked = self.written.raise(position, false).parked;
         self.writing.store(false, SeqCst);
         if !parked {
+            self.wake_dozers_if_far_behind(position);
             return;
         }
         let mut st = lock(&self.state);
         let wakers = std::mem::take(&mut st.wakers);
-        if st.parked > 0 {
-            if st.parked == st.dozing && position - st.announced < self.doze_batch {
-                // They look again soon by themselves.
-                st.unannounced = true;
-            } else if position - st.announced >= WAKE_ALL_EVERY {
+        let dozers = self.dozers.load(SeqCst);
+        if st.parked > dozers {
+            if position - st.announced >= WAKE_ALL_EVERY {
                 st.announced = position;
                 st.unannounced = false;
                 self.readers.notify_all();
@@ -343,11 +347,26 @@ impl Core {
                 self.readers.notify_one();
             }
         } else {
-            // Only tasks were waiting, and they are all being woken.
+            // Only tasks were waiting, and they are all being woken; dozers look again
+            // by themselves.
             self.written.clear_parked();
+            drop(st);
+            self.wake_dozers_if_far_behind(position);
         }
-        drop(st);
         wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Wakes dozing readers once the writer at `position` is half the lead window
+    /// ahead of the fastest reader (see [`DOZE`]): a late timer must not let the
+    /// window hold the writer back. Missing a reader that starts to doze just now
+    /// costs nothing: it looks again after its doze.
+    fn wake_dozers_if_far_behind(&self, position: u64) {
+        if self.dozers.load(SeqCst) > 0
+            && position.saturating_sub(self.read.position()) >= self.doze_batch
+        {
+            let _st = lock(&self.state);
+            self.readers.notify_all();
+        }
     }
 
     /// Wakes the waiting readers if some were not told of the latest writes.
@@ -455,9 +474,23 @@ impl Core {
         self.hot_reader.store(false, SeqCst);
         let mut st = lock(&self.state);
         let mut waited = false;
+        let mut dozed = false;
         loop {
             if let Some(readable) = self.try_readable(position) {
                 return Some(readable);
+            }
+            if doze && !dozed && !waited {
+                // Look again after a while, unwoken, once (see DOZE): the writer takes
+                // no lock for us meanwhile. Not only while the producer is inside a
+                // write: a reader catches up just as a write ends, and waiting to be
+                // woken then cost the producer a wake-up per write.
+                st.parked += 1;
+                self.dozers.fetch_add(1, SeqCst);
+                st = crate::sync::wait_timeout(&self.readers, st, self.doze);
+                self.dozers.fetch_sub(1, SeqCst);
+                st.parked -= 1;
+                dozed = true;
+                continue;
             }
             let written = self.written.flag_parked();
             if position < written {
@@ -476,17 +509,10 @@ impl Core {
                 self.readers.notify_all();
             }
             st.parked += 1;
-            if doze && !waited && self.writing.load(SeqCst) {
-                // Bytes are coming: look again after a while, unwoken (see DOZE).
-                st.dozing += 1;
-                st = crate::sync::wait_timeout(&self.readers, st, self.doze);
-                st.dozing -= 1;
-            } else {
-                st = match timeout {
-                    None => crate::sync::wait(&self.readers, st),
-                    Some(timeout) => crate::sync::wait_timeout(&self.readers, st, timeout),
-                };
-            }
+            st = match timeout {
+                None => crate::sync::wait(&self.readers, st),
+                Some(timeout) => crate::sync::wait_timeout(&self.readers, st, timeout),
+            };
             st.parked -= 1;
             waited = true;
         }
@@ -543,11 +569,10 @@ impl Core {
         held.then_some(written)
     }
 
-    /// Readers dozing, and whether some writes went unannounced to waiting readers.
+    /// Readers dozing.
     #[cfg(all(test, not(loom)))]
-    pub(crate) fn dozing(&self) -> (usize, bool) {
-        let st = lock(&self.state);
-        (st.dozing, st.unannounced)
+    pub(crate) fn dozing(&self) -> usize {
+        self.dozers.load(SeqCst)
     }
 
     /// Readers parked, dozing or not.
@@ -574,6 +599,7 @@ pub(crate) fn channel(backpressure: bool, lead: u64, floor: bool) -> (Sender, Ta
         outcome: Arc::new(Waiter::default()),
         floor: Floor::new(floor),
         tail: Tail::default(),
+        windows: Windows::default(),
     });
     (
         Sender {
@@ -592,6 +618,8 @@ struct Shared {
     outcome: Arc<Waiter>,
     floor: Floor,
     tail: Tail,
+    /// The maps readers copy the file from, when they doze (see [`crate::window`]).
+    windows: Windows,
 }
 
 /// The bytes of a *passing* entry that are not in its file: the producer's latest
@@ -750,6 +778,12 @@ impl Receiver {
     /// unless [`Receiver::past_file`].
     pub(crate) fn file(&self) -> &File {
         &self.file
+    }
+
+    /// The maps of the file this reader copies from, when readers doze beside the
+    /// producer (see [`DOZE`] and [`crate::window`]); `None`: read with `pread`.
+    pub(crate) fn windows(&self) -> Option<&Windows> {
+        (self.shared.core.doze_batch > 0).then_some(&self.shared.windows)
     }
 
     /// Whether the bytes at this reader's position come through memory, not the file

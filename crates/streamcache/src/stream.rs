@@ -3,11 +3,12 @@
 //! # How reads touch the file
 //!
 //! A read waits (blocking, or by registering a waker) until the writer has published
-//! bytes past the reader's position, then `pread`s at most that many bytes from the
-//! shared file handle. In async code this `pread` runs on the polling task rather than on
-//! a blocking pool: it only ever asks for bytes the writer has already written, which sit
-//! in the page cache, so it does not wait on a device in practice. That keeps a cache hit
-//! free of thread hand-offs; `tokio::fs` would pay one per read.
+//! bytes past the reader's position, then copies at most that many bytes from a memory
+//! map of the file ([`crate::window`]; `pread` from the shared file handle where the
+//! file cannot be mapped). In async code the copy runs on the polling task rather than
+//! on a blocking pool: it only ever asks for bytes the writer has already written, which
+//! sit in the page cache, so it does not wait on a device in practice. That keeps a
+//! cache hit free of thread hand-offs; `tokio::fs` would pay one per read.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -22,6 +23,7 @@ use crate::error::{Error, Op, Result};
 use crate::metrics::Metrics;
 use crate::pipe::{Readable, Receiver};
 use crate::waiter::Waiter;
+use crate::window::Window;
 use crate::zerocopy;
 
 /// Buffer size of the plain copy loop of a bypass stream.
@@ -59,6 +61,11 @@ enum Source {
 pub(crate) struct EntryReader {
     pub(crate) rx: Receiver,
     path: Arc<Path>,
+    /// The stretch of the file this reader copies from (see [`crate::window`]). Before
+    /// the footprint: a map keeps the blocks of an evicted file on disk too.
+    window: Option<Arc<Window>>,
+    /// Mapping failed: this reader reads with `pread`.
+    unmappable: bool,
     _footprint: Option<Arc<Footprint>>,
 }
 
@@ -107,6 +114,10 @@ impl EntryReader {
                 }
             };
         }
+        if let Some(n) = self.copy_mapped(&mut buf[..want])? {
+            self.rx.consume(n as u64);
+            return Ok(n);
+        }
         loop {
             match self.rx.file().read_at(&mut buf[..want], position) {
                 Ok(0) => return Err(self.file_too_short().into()),
@@ -117,6 +128,32 @@ impl EntryReader {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(Op::Read, &*self.path, e).into()),
             }
+        }
+    }
+
+    /// Copies from the window that holds this reader's position, mapping it first if
+    /// need be; `None` if the file cannot be mapped (then `pread`).
+    fn copy_mapped(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        if self.unmappable {
+            return Ok(None);
+        }
+        let Some(windows) = self.rx.windows() else {
+            self.unmappable = true;
+            return Ok(None);
+        };
+        let position = self.rx.position();
+        if !self.window.as_ref().is_some_and(|w| w.holds(position)) {
+            // The one passed goes first: a reader holds one map at a time.
+            self.window = None;
+            self.window = windows.get(self.rx.file(), position);
+        }
+        let Some(window) = &self.window else {
+            self.unmappable = true;
+            return Ok(None);
+        };
+        match window.copy(position, buf) {
+            Some(n) => Ok(Some(n)),
+            None => Err(self.file_too_short()),
         }
     }
 
@@ -142,6 +179,8 @@ impl Stream {
             source: Source::Entry(EntryReader {
                 rx,
                 path,
+                window: None,
+                unmappable: false,
                 _footprint: footprint,
             }),
             metrics,

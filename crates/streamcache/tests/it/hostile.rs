@@ -199,13 +199,20 @@ fn a_root_given_through_a_link_is_swept() {
 }
 
 /// Another program truncates an entry file under a reader: the reader gets an error
-/// that says the file is shorter than what was written (never a silent short read, and
-/// never a crash, should reads ever come from a memory map of the file), and the
-/// process and later lookups go on.
+/// that says the file is shorter than what was written (never a silent short read),
+/// and the process and later lookups go on. With a lead window readers copy from a
+/// memory map of the file, where the truncation raises `SIGBUS`, which must not kill
+/// the process; without, they `pread`.
 #[test]
 fn an_entry_file_truncated_under_its_readers_is_an_error_for_them_not_a_crash() {
+    for lead in [0, 8 << 20] {
+        truncated_under_a_reader(lead);
+    }
+}
+
+fn truncated_under_a_reader(lead: u64) {
     const LEN: usize = 1 << 20;
-    let tc = TempCache::new(true);
+    let tc = TempCache::with(|cfg| cfg.max_lead_bytes = lead);
     let content: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
     let (mut first, _) = tc
         .cache
@@ -216,19 +223,22 @@ fn an_entry_file_truncated_under_its_readers_is_an_error_for_them_not_a_crash() 
         .unwrap();
     let mut head = vec![0u8; 4096];
     first.read_exact(&mut head).unwrap();
-    assert_eq!(head, content[..4096]);
+    assert_eq!(head, content[..4096], "lead {lead}");
     let (mut second, created) = tc
         .cache
         .find_or_create("k", |_| Err(std::io::Error::other("ran twice")))
         .unwrap();
-    assert!(!created, "the second lookup joins the entry");
+    assert!(!created, "lead {lead}: the second lookup joins the entry");
     let mut whole = Vec::new();
     second.read_to_end(&mut whole).unwrap();
-    assert!(whole == content, "the entry before the truncation");
+    assert!(
+        whole == content,
+        "lead {lead}: the entry before the truncation"
+    );
     second.wait().unwrap();
 
     let files = regular_files(tc.root());
-    assert_eq!(files.len(), 1, "one entry file: {files:?}");
+    assert_eq!(files.len(), 1, "lead {lead}: one entry file: {files:?}");
     fs::OpenOptions::new()
         .write(true)
         .open(&files[0])
@@ -237,7 +247,11 @@ fn an_entry_file_truncated_under_its_readers_is_an_error_for_them_not_a_crash() 
         .unwrap();
 
     let err = first.read_to_end(&mut Vec::new()).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::UnexpectedEof,
+        "lead {lead}: {err}"
+    );
     let mut chain = err.to_string();
     let mut source = std::error::Error::source(&err);
     while let Some(cause) = source {
@@ -246,7 +260,7 @@ fn an_entry_file_truncated_under_its_readers_is_an_error_for_them_not_a_crash() 
     }
     assert!(
         chain.contains("shorter than what was written"),
-        "the error says what happened: {chain}"
+        "lead {lead}: the error says what happened: {chain}"
     );
     // The process is alive, and so is the cache.
     let (mut other, _) = tc
@@ -255,5 +269,84 @@ fn an_entry_file_truncated_under_its_readers_is_an_error_for_them_not_a_crash() 
         .unwrap();
     let mut got = Vec::new();
     other.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"fine");
+    assert_eq!(got, b"fine", "lead {lead}");
+}
+
+const SIGBUS_CHILD: &str = "STREAMCACHE_IT_SIGBUS_CHILD";
+
+/// The handler that keeps a truncated entry from killing the process must leave every
+/// other `SIGBUS` as it was: a program's own map of a truncated file still dies of it
+/// (here through Rust's own handler, which the cache's chains to). The fault kills the
+/// process, so a child does it: this test binary again, filtered to this test.
+#[test]
+fn a_sigbus_outside_the_caches_maps_still_kills_the_process() {
+    if std::env::var_os(SIGBUS_CHILD).is_some() {
+        sigbus_child();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let output = std::process::Command::new(exe)
+        .args([
+            "hostile::a_sigbus_outside_the_caches_maps_still_kills_the_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SIGBUS_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("the cache's handler is in place"),
+        "the child got as far as the fault: {stdout}"
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&output.status),
+        Some(nix::libc::SIGBUS),
+        "the child died of SIGBUS: {:?}\n{stdout}",
+        output.status
+    );
+}
+
+fn sigbus_child() {
+    use std::num::NonZeroUsize;
+    // A read through a map makes the cache install its handler.
+    let tc = TempCache::with(|cfg| cfg.max_lead_bytes = 8 << 20);
+    let (mut stream, _) = tc
+        .cache
+        .find_or_create("k", |w| w.write_all(b"mapped"))
+        .unwrap();
+    stream.read_to_end(&mut Vec::new()).unwrap();
+    let mut action = std::mem::MaybeUninit::<nix::libc::sigaction>::zeroed();
+    // SAFETY: a query (no new action) into memory we own.
+    let queried =
+        unsafe { nix::libc::sigaction(nix::libc::SIGBUS, std::ptr::null(), action.as_mut_ptr()) };
+    assert_eq!(queried, 0);
+    // SAFETY: filled in by the successful call.
+    let action = unsafe { action.assume_init() };
+    assert!(
+        action.sa_flags & nix::libc::SA_SIGINFO != 0 && action.sa_sigaction != nix::libc::SIG_DFL,
+        "the cache installed a handler"
+    );
+    println!("the cache's handler is in place");
+
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(4096).unwrap();
+    let len = NonZeroUsize::new(4096).unwrap();
+    // SAFETY: a fresh private read-only map of our own file, read once below.
+    let map = unsafe {
+        nix::sys::mman::mmap(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+            &file,
+            0,
+        )
+    }
+    .unwrap();
+    file.set_len(0).unwrap();
+    // SAFETY: none: this read faults, which is the point.
+    let byte = unsafe { std::ptr::read_volatile(map.as_ptr().cast::<u8>()) };
+    println!("survived a fault outside the cache's maps: read {byte}");
 }
