@@ -109,6 +109,11 @@ struct Flags {
     /// Also write one JSON object per figure (JSON lines).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// The reference implementation's figures to report against: JSON lines, one
+    /// object per figure with this benchmark's names (`workload`, `fs`, `figure`,
+    /// `params`, `median`) [default: the figures carried for this CPU model, if any].
+    #[arg(long, value_name = "FILE.jsonl")]
+    reference: Option<PathBuf>,
     /// Measured repetitions after the warm-up [default: 3].
     #[arg(long, value_name = "N", value_parser = count)]
     reps: Option<usize>,
@@ -279,6 +284,7 @@ pub(crate) struct Options {
     pub(crate) parts: Vec<Part>,
     pub(crate) fs: Vec<Fs>,
     pub(crate) json: Option<PathBuf>,
+    pub(crate) reference: Option<PathBuf>,
     pub(crate) reps: usize,
     pub(crate) size: u64,
     pub(crate) w0_size: u64,
@@ -332,6 +338,7 @@ fn options(workloads: &[Workload], f: Flags) -> Options {
             FsChoice::Both => vec![Fs::Tmpfs, Fs::Ext4],
         },
         json: f.json,
+        reference: f.reference,
         reps: f.reps.unwrap_or(3),
         size: or_default(f.size, quick, GIB, 64 * MIB),
         w0_size: or_default(f.w0_size, quick, 4 * GIB, 256 * MIB),

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::args::Options;
+use crate::reference::References;
 use crate::report::{self, Figure};
 use crate::sys::{self, CpuProbe, Fs, ScratchDir};
 
@@ -131,6 +132,8 @@ pub(crate) struct Ctx {
     /// The 1 MiB splitmix64 buffer.
     pub(crate) data: Arc<[u8]>,
     pub(crate) figures: Vec<Figure>,
+    /// What each figure is reported against.
+    references: References,
     json: Option<io::BufWriter<File>>,
     limits: HashMap<(Option<Fs>, Limit), f64>,
     tty: bool,
@@ -146,7 +149,7 @@ impl Ctx {
             .then(|| ("max_lead".to_owned(), self.opts.max_lead.into()))
     }
 
-    pub(crate) fn new(opts: Options) -> io::Result<Ctx> {
+    pub(crate) fn new(opts: Options, references: References) -> io::Result<Ctx> {
         let json = match &opts.json {
             Some(path) => Some(io::BufWriter::new(File::create(path)?)),
             None => None,
@@ -159,6 +162,7 @@ impl Ctx {
             opts,
             data: crate::data::buffer(),
             figures: Vec::new(),
+            references,
             json,
             limits,
             tty: io::stderr().is_terminal(),
@@ -283,16 +287,21 @@ impl Ctx {
         let (median, min, max) = report::stats(values);
         let limit_value = fig.limit.and_then(|l| self.limit_value(fig.fs, l));
         let ratio = limit_value.filter(|v| *v > 0.0).map(|v| median / v);
+        let fs = fig.fs.map_or("-", Fs::name);
+        let parameters: BTreeMap<String, serde_json::Value> = fig
+            .params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .chain(self.lead_parameter(fig.workload))
+            .collect();
+        let reference =
+            self.references
+                .lookup(fig.workload, fs, fig.figure, &parameters, fig.reference);
         let f = Figure {
             workload: fig.workload.to_string(),
-            fs: fig.fs.map_or("-", Fs::name).to_string(),
+            fs: fs.to_string(),
             figure: fig.figure.to_string(),
-            parameters: fig
-                .params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .chain(self.lead_parameter(fig.workload))
-                .collect(),
+            parameters,
             median,
             min,
             max,
@@ -300,8 +309,8 @@ impl Ctx {
             ratio_to_limit: ratio,
             limit: limit_value.and(fig.limit.map(|l| l.name().to_string())),
             limit_value,
-            reference: fig.reference,
-            ratio_to_reference: fig.reference.filter(|r| *r > 0.0).map(|r| median / r),
+            reference,
+            ratio_to_reference: reference.filter(|r| *r > 0.0).map(|r| median / r),
             target: fig.target.map(String::from),
             values: values.clone(),
             max_foreign_cpu: m.max_foreign,

@@ -17,6 +17,7 @@
 mod args;
 mod ctx;
 mod data;
+mod reference;
 mod report;
 mod sys;
 mod w0;
@@ -92,11 +93,7 @@ fn machine() -> String {
             || "?".into(),
             |kib| format!("{:.1} GiB", kib as f64 / (1 << 20) as f64),
         );
-    let model = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_default();
+    let model = cpu_model();
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
     let date = std::process::Command::new("date")
         .arg("-u")
@@ -110,10 +107,26 @@ fn machine() -> String {
     )
 }
 
+/// The CPU's model name, as `/proc/cpuinfo` gives it.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default()
+}
+
 fn run(opts: args::Options) -> io::Result<()> {
-    let mut ctx = Ctx::new(opts)?;
+    let references = match &opts.reference {
+        Some(path) => reference::References::load(path)?,
+        None => reference::References::for_cpu(&cpu_model()),
+    };
+    let reference_line = format!("reference: {}", references.describe());
+    let mut ctx = Ctx::new(opts, references)?;
     let header = machine();
     ctx.say(&format!("machine: {header}"));
+    ctx.say(&reference_line);
     let parts = ctx.opts.parts.clone();
     // W0 is the denominator of every ratio: run it whenever anything else but W5 is.
     let need_w0 =
@@ -153,6 +166,7 @@ fn run(opts: args::Options) -> io::Result<()> {
     let mut cmd = vec!["streamcache-bench".to_string()];
     cmd.extend(std::env::args().skip(1));
     println!("machine: {header}");
+    println!("{reference_line}");
     println!("command: {}", cmd.join(" "));
     println!(
         "{} measured repetitions after 1 warm-up; ratio = median / limit; foreign CPU = most CPU share other processes used in a measured repetition ((!) = over the limit or machine never idle)\n",

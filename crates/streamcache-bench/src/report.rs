@@ -22,7 +22,7 @@ pub(crate) struct Figure {
     pub(crate) ratio_to_limit: Option<f64>,
     pub(crate) limit: Option<String>,
     pub(crate) limit_value: Option<f64>,
-    /// The reference implementation's figure (docs/BENCHMARKS.md), in `unit`, if it has one.
+    /// The reference implementation's figure (see `reference.rs`), in `unit`, if it has one.
     pub(crate) reference: Option<f64>,
     pub(crate) ratio_to_reference: Option<f64>,
     /// The target of issue 3 for this figure, in words.
