@@ -45,48 +45,54 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         }
         let path = entry_file(dir)?;
         let done = AtomicBool::new(false);
-        let (got, lead_a, samples) = std::thread::scope(|sc| -> io::Result<(u64, u64, u64)> {
-            // (a): reader count, file size, reader count again; kept only if the reader
-            // did not move in between.
-            let sampler = sc.spawn(|| -> io::Result<(u64, u64)> {
-                let mut max = 0u64;
-                let mut kept = 0u64;
-                while !done.load(Ordering::Relaxed) {
-                    let before = consumed.load(Ordering::SeqCst);
-                    let len = std::fs::metadata(&path)?.len();
-                    if consumed.load(Ordering::SeqCst) == before {
-                        max = max.max(len.saturating_sub(before));
-                        kept += 1;
+        let (got, lead_a, lead_c, samples) =
+            std::thread::scope(|sc| -> io::Result<(u64, u64, u64, u64)> {
+                // (a): reader count, file size, reader count again; kept only if the reader
+                // did not move in between. (c), in the same loop: the pipe's own cursors,
+                // bytes written and the fastest reader's position, read at one instant.
+                let sampler = sc.spawn(|| -> io::Result<(u64, u64, u64)> {
+                    let mut max = 0u64;
+                    let mut max_c = 0u64;
+                    let mut kept = 0u64;
+                    while !done.load(Ordering::Relaxed) {
+                        let before = consumed.load(Ordering::SeqCst);
+                        let len = std::fs::metadata(&path)?.len();
+                        if consumed.load(Ordering::SeqCst) == before {
+                            max = max.max(len.saturating_sub(before));
+                            kept += 1;
+                        }
+                        if let Some(e) = cache.entries().iter().find(|e| e.key == KEY) {
+                            max_c = max_c.max(e.written - e.fastest_read);
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
                     }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok((max, kept))
-            });
-            let mut buf = vec![0u8; CHUNK];
-            let mut total = 0u64;
-            let mut next = MIB;
-            let read = (|| -> io::Result<()> {
-                loop {
-                    let n = stream.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok(());
+                    Ok((max, max_c, kept))
+                });
+                let mut buf = vec![0u8; CHUNK];
+                let mut total = 0u64;
+                let mut next = MIB;
+                let read = (|| -> io::Result<()> {
+                    loop {
+                        let n = stream.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        total += n as u64;
+                        consumed.store(total, Ordering::SeqCst);
+                        if total >= next {
+                            std::thread::sleep(Duration::from_millis(10));
+                            next += MIB;
+                        }
                     }
-                    total += n as u64;
-                    consumed.store(total, Ordering::SeqCst);
-                    if total >= next {
-                        std::thread::sleep(Duration::from_millis(10));
-                        next += MIB;
-                    }
-                }
-            })();
-            done.store(true, Ordering::Relaxed);
-            let sampled = sampler
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("sampler panicked")));
-            read?;
-            let (max, kept) = sampled?;
-            Ok((total, max, kept))
-        })?;
+                })();
+                done.store(true, Ordering::Relaxed);
+                let sampled = sampler
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("sampler panicked")));
+                read?;
+                let (max, max_c, kept) = sampled?;
+                Ok((total, max, max_c, kept))
+            })?;
         stream.wait()?;
         drop(stream);
         let total_time = t0.elapsed().as_secs_f64();
@@ -98,6 +104,7 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         Ok(vec![
             ("lead_a", lead_a as f64 / 1024.0),
             ("lead_b", lead_b.load(Ordering::Relaxed) as f64 / 1024.0),
+            ("lead_c", lead_c as f64 / 1024.0),
             ("samples", samples as f64),
             ("total", total_time),
         ])
@@ -119,6 +126,16 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         fig(
             "max writer lead (b) written - consumed, after each write",
             "lead_b",
+            "KiB",
+        )
+        .limit(Limit::OneWrite)
+        .reference(reference("w4 lead", fs)),
+    )?;
+    ctx.emit(
+        &m,
+        fig(
+            "max writer lead (c) pipe cursors wcursor - rcursor, sampled",
+            "lead_c",
             "KiB",
         )
         .limit(Limit::OneWrite)

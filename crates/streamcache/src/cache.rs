@@ -40,6 +40,38 @@ use crate::writer::Writer;
 /// A cache of byte streams, each made once by a producer and read by any number of
 /// readers while it is being made and after.
 ///
+/// One entry of the index, as [`Cache::entries`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryStatus {
+    /// The entry's key.
+    pub key: String,
+    /// Bytes the producer has written so far (all of them once complete).
+    pub written: u64,
+    /// How far the fastest reader has read: `written - fastest_read` is the producer's
+    /// lead, which back pressure bounds (see [`Config::max_lead_bytes`]). Taken at the
+    /// same instant as `written`.
+    pub fastest_read: u64,
+    /// Readers open on the entry now.
+    pub readers: usize,
+    /// Time since the entry was created.
+    pub age: std::time::Duration,
+    /// Whether its producer is still writing, finished, or failed.
+    pub state: EntryState,
+}
+
+/// The state of an entry's producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryState {
+    /// The producer is running.
+    Writing,
+    /// The producer finished successfully: the entry is whole.
+    Complete,
+    /// The producer failed (the entry leaves the index).
+    Failed,
+}
+
 /// `Cache` is a cheap handle: clones share one index, one directory and one maintenance
 /// thread. The thread stops on [`Cache::stop`], or when the last handle is dropped.
 ///
@@ -370,6 +402,25 @@ impl Cache {
             }
             Flavor::Disabled(metrics) => metrics.snapshot(),
         }
+    }
+
+    /// A snapshot of the entries in the index, oldest first: what each has written,
+    /// how far its fastest reader is, its open readers, its age and its state. For
+    /// status pages and for measuring; it takes the index lock once, briefly. Empty for
+    /// a disabled cache. (Transient entries have left the index and are not listed.)
+    pub fn entries(&self) -> Vec<EntryStatus> {
+        let Flavor::Enabled(shared) = &self.flavor else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let entries: Vec<(String, Arc<Entry>)> = lock(&shared.index)
+            .iter()
+            .map(|(k, e)| (k.clone(), Arc::clone(e)))
+            .collect();
+        let mut statuses: Vec<EntryStatus> =
+            entries.iter().map(|(k, e)| e.status(k, now)).collect();
+        statuses.sort_by_key(|s| std::cmp::Reverse(s.age));
+        statuses
     }
 
     /// The cache directory, for a real cache.

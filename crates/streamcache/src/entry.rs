@@ -81,6 +81,23 @@ impl Entry {
         self.tap.is_complete()
     }
 
+    /// What [`crate::Cache::entries`] shows of this entry.
+    pub(crate) fn status(&self, key: &str, now: Instant) -> crate::EntryStatus {
+        let (written, fastest_read, readers) = self.tap.cursors();
+        crate::EntryStatus {
+            key: key.to_owned(),
+            written,
+            fastest_read,
+            readers,
+            age: now.saturating_duration_since(self.created),
+            state: match self.tap.succeeded() {
+                None => crate::EntryState::Writing,
+                Some(true) => crate::EntryState::Complete,
+                Some(false) => crate::EntryState::Failed,
+            },
+        }
+    }
+
     /// Admits no new readers (the entry turned transient).
     pub(crate) fn seal(&self) {
         self.tap.seal();

@@ -208,7 +208,7 @@ mod zerocopy;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crate::cache::{Cache, Lookup};
+pub use crate::cache::{Cache, EntryState, EntryStatus, Lookup};
 pub use crate::config::{Config, DEFAULT_MAX_AGE};
 pub use crate::error::{Error, Op, Result};
 pub use crate::metrics::Stats;

@@ -678,6 +678,25 @@ impl Tap {
         matches!(self.shared.outcome.get(), Some(Ok(())))
     }
 
+    /// The producer's result: `None` while it runs, `Some(true)` on success.
+    pub(crate) fn succeeded(&self) -> Option<bool> {
+        self.shared.outcome.get().map(|outcome| outcome.is_ok())
+    }
+
+    /// (bytes written, the fastest reader's position, open readers), the two positions
+    /// as of one instant: the fastest reader did not move while the writer's position
+    /// was read.
+    pub(crate) fn cursors(&self) -> (u64, u64, usize) {
+        let core = &self.shared.core;
+        loop {
+            let read = core.read.position();
+            let written = core.written.position();
+            if core.read.position() == read {
+                return (written, read, core.written.subscriber_count());
+            }
+        }
+    }
+
     /// The producer's result, once published.
     #[cfg(test)]
     pub(crate) fn outcome(&self) -> &Arc<Waiter> {

@@ -486,3 +486,50 @@ fn an_entry_past_max_age_is_never_served_even_when_maintenance_has_not_run() {
         "and removed its file: only the new entry's is left"
     );
 }
+
+/// `entries` shows each entry of the index as it is: what its producer wrote, where its
+/// fastest reader is (the producer's lead, which back pressure bounds to one write),
+/// its readers, and its state, writing then complete.
+#[test]
+fn entries_show_what_each_entry_wrote_its_readers_and_its_state() {
+    let tc = TempCache::new(true);
+    assert!(tc.cache.entries().is_empty());
+    let (wrote_one, go_on) = std::sync::mpsc::channel::<()>();
+    let (resume, gate) = std::sync::mpsc::channel::<()>();
+    let (mut stream, created) = tc
+        .cache
+        .find_or_create("k", move |w| {
+            w.write_all(&[1u8; 100])?;
+            wrote_one.send(()).map_err(io::Error::other)?;
+            gate.recv().map_err(io::Error::other)?;
+            w.write_all(&[2u8; 50])
+        })
+        .unwrap();
+    assert!(created);
+    go_on.recv().unwrap();
+    let mut first = [0u8; 40];
+    stream.read_exact(&mut first).unwrap();
+    let entries = tc.cache.entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let e = &entries[0];
+    assert_eq!(
+        (
+            e.key.as_str(),
+            e.written,
+            e.fastest_read,
+            e.readers,
+            e.state
+        ),
+        ("k", 100, 40, 1, streamcache::EntryState::Writing)
+    );
+    resume.send(()).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    stream.wait().unwrap();
+    drop(stream);
+    let e = &tc.cache.entries()[0];
+    assert_eq!(
+        (e.written, e.fastest_read, e.readers, e.state),
+        (150, 150, 0, streamcache::EntryState::Complete)
+    );
+}
