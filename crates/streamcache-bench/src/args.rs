@@ -71,6 +71,9 @@ enum Workload {
     /// Peak RSS of the fan-out at N=64, in a fresh child process.
     #[value(name = "w1-rss", alias = "rss")]
     W1Rss,
+    /// The fan-out read by N tokio tasks through AsyncRead, on two worker threads.
+    #[value(name = "w1-async")]
+    W1Async,
     /// Late joiners.
     #[value(name = "w2")]
     W2,
@@ -253,6 +256,7 @@ pub(crate) enum Part {
     W1Fanout,
     W1ZeroCopy,
     W1Rss,
+    W1Async,
     W2,
     W3,
     W4,
@@ -268,11 +272,12 @@ impl Workload {
             Workload::W1Fanout => &[W1Fanout],
             Workload::W1ZeroCopy => &[W1ZeroCopy],
             Workload::W1Rss => &[W1Rss],
+            Workload::W1Async => &[W1Async],
             Workload::W2 => &[W2],
             Workload::W3 => &[W3],
             Workload::W4 => &[W4],
             Workload::W5 => &[W5],
-            Workload::All => &[W0, W1Fanout, W1ZeroCopy, W1Rss, W2, W3, W4, W5],
+            Workload::All => &[W0, W1Fanout, W1ZeroCopy, W1Rss, W1Async, W2, W3, W4, W5],
         }
     }
 }
@@ -396,7 +401,7 @@ mod tests {
     #[test]
     fn all_selects_every_part_on_both_file_systems_with_workload_defaults() {
         let o = run("all");
-        assert_eq!(o.parts.len(), 8);
+        assert_eq!(o.parts.len(), 9);
         assert_eq!(o.fs, vec![Fs::Tmpfs, Fs::Ext4]);
         assert_eq!((o.size, o.w0_size, o.w4_size), (GIB, 4 * GIB, 256 * MIB));
         assert_eq!((o.w3_keys, o.w3_hot, o.reps), (100_000, 1000, 3));

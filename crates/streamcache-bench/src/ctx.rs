@@ -80,6 +80,9 @@ pub(crate) struct Fig<'a> {
     pub(crate) params: Vec<(&'a str, serde_json::Value)>,
     pub(crate) limit: Option<Limit>,
     pub(crate) reference: Option<f64>,
+    /// The workload whose reference figure of the same name applies, if not this one
+    /// (W1-async is held against the reference's W1).
+    pub(crate) compare_with: Option<&'a str>,
     pub(crate) target: Option<&'a str>,
 }
 
@@ -100,6 +103,7 @@ impl<'a> Fig<'a> {
             params: Vec::new(),
             limit: None,
             reference: None,
+            compare_with: None,
             target: None,
         }
     }
@@ -116,6 +120,11 @@ impl<'a> Fig<'a> {
 
     pub(crate) fn reference(mut self, reference: Option<f64>) -> Self {
         self.reference = reference;
+        self
+    }
+
+    pub(crate) fn compare_with(mut self, workload: &'a str) -> Self {
+        self.compare_with = Some(workload);
         self
     }
 
@@ -294,9 +303,13 @@ impl Ctx {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .chain(self.lead_parameter(fig.workload))
             .collect();
-        let reference =
-            self.references
-                .lookup(fig.workload, fs, fig.figure, &parameters, fig.reference);
+        let reference = self.references.lookup(
+            fig.compare_with.unwrap_or(fig.workload),
+            fs,
+            fig.figure,
+            &parameters,
+            fig.reference,
+        );
         let f = Figure {
             workload: fig.workload.to_string(),
             fs: fs.to_string(),

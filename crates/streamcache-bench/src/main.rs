@@ -155,6 +155,7 @@ fn run(opts: args::Options) -> io::Result<()> {
                 Part::W1Fanout => w1::run_fanout(&mut ctx, fs)?,
                 Part::W1ZeroCopy => w1::run_zero_copy(&mut ctx, fs)?,
                 Part::W1Rss => w1::run_rss(&mut ctx, fs)?,
+                Part::W1Async => w1::run_async(&mut ctx, fs)?,
                 Part::W2 => w2::run(&mut ctx, fs)?,
                 Part::W3 => w3::run(&mut ctx, fs)?,
                 Part::W4 => w4::run(&mut ctx, fs)?,

@@ -7,7 +7,53 @@ use std::process::Command;
 use crate::ctx::{Ctx, Fig, Limit, Sample};
 use crate::data::{show_size, GIB};
 use crate::sys::Fs;
-use crate::workloads::{fanout, reference, Sink};
+use crate::workloads::{self, fanout, reference, Sink};
+
+/// W1-async: the fan-out read by N tokio tasks on two worker threads, held against
+/// the reference's W1 of the same N.
+pub(crate) fn run_async(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
+    let size = ctx.opts.size;
+    let s = show_size(size);
+    for n in ctx.opts.readers.clone() {
+        let data = std::sync::Arc::clone(&ctx.data);
+        let max_lead = ctx.opts.max_lead;
+        let label = format!("w1-async {} N={n} S={s}", fs.name());
+        let m = ctx.measure(&label, Some(fs), |dir| {
+            let r = workloads::fanout_async(dir, &data, n, size, max_lead)?;
+            Ok(vec![
+                ("wall", r.wall),
+                ("aggregate", n as f64 * size as f64 / r.wall / 1e9),
+                ("fanout", (n + 1) as f64 * size as f64 / r.wall / 1e9),
+                ("writer", size as f64 / r.writer / 1e9),
+            ])
+        })?;
+        let fig = |figure, key, unit| {
+            Fig::new("w1-async", Some(fs), figure, key, unit)
+                .param("N", n)
+                .param("S", s.as_str())
+                .compare_with("w1")
+        };
+        ctx.emit(&m, fig("wall", "wall", "s"))?;
+        // On a Xeon the reference is WORKLOADS.md's table, which has W1's aggregate.
+        let table = reference(&format!("w1 aggregate {n}"), fs).filter(|_| size == GIB);
+        ctx.emit(
+            &m,
+            fig("aggregate read N*S/wall", "aggregate", "GB/s")
+                .limit(Limit::Copy2)
+                .reference(table),
+        )?;
+        let mut f = fig("fan-out (N+1)*S/wall", "fanout", "GB/s").limit(Limit::Copy2);
+        if n == 16 || n == 64 {
+            f = f.target(">= 1.5x the reference's W1");
+        }
+        ctx.emit(&m, f)?;
+        ctx.emit(
+            &m,
+            fig("writer S/producer time", "writer", "GB/s").limit(Limit::Write),
+        )?;
+    }
+    Ok(())
+}
 
 pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let size = ctx.opts.size;

@@ -217,6 +217,98 @@ pub(crate) fn fanout(
     })
 }
 
+/// What one W1-async run measured.
+#[derive(Debug)]
+pub(crate) struct FanoutAsync {
+    /// Seconds from the tasks' start until the last reader finished.
+    pub(crate) wall: f64,
+    /// Seconds the producer took.
+    pub(crate) writer: f64,
+}
+
+/// W1 read by `n` tokio tasks through `AsyncRead` on a runtime of two worker threads
+/// (the fair twin of `n` goroutines on `GOMAXPROCS=2`): each looks the key up, reads to
+/// the end into a 64 KiB buffer and awaits the producer's result.
+pub(crate) fn fanout_async(
+    dir: &Path,
+    data: &Arc<[u8]>,
+    n: usize,
+    size: u64,
+    max_lead: u64,
+) -> io::Result<FanoutAsync> {
+    use tokio::io::AsyncReadExt;
+    let cache = cache(dir, true, max_lead)?;
+    let span: Span = Arc::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let created = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let results: Vec<io::Result<u64>> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (cache, data, span, created) = (
+                    cache.clone(),
+                    Arc::clone(data),
+                    Arc::clone(&span),
+                    Arc::clone(&created),
+                );
+                tokio::spawn(async move {
+                    let (mut stream, was_created) =
+                        cache.find_or_create(KEY, data::producer(&data, size, &span))?;
+                    if was_created {
+                        created.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut got = 0u64;
+                    loop {
+                        let k = AsyncReadExt::read(&mut stream, &mut buf).await?;
+                        if k == 0 {
+                            break;
+                        }
+                        got += k as u64;
+                    }
+                    stream.wait_async().await?;
+                    Ok::<u64, io::Error>(got)
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(n);
+        for task in tasks {
+            results.push(
+                task.await
+                    .unwrap_or_else(|_| Err(io::Error::other("a reader task panicked"))),
+            );
+        }
+        results
+    });
+    let wall = t0.elapsed().as_secs_f64();
+    for got in results {
+        let got = got?;
+        if got != size {
+            return Err(io::Error::other(format!(
+                "a reader got {got} bytes of {size}"
+            )));
+        }
+    }
+    let creators = created.load(Ordering::Relaxed);
+    if creators != 1 {
+        return Err(io::Error::other(format!(
+            "{creators} readers created the entry, not 1"
+        )));
+    }
+    let (start, end) = span
+        .lock()
+        .ok()
+        .and_then(|s| *s)
+        .ok_or_else(|| io::Error::other("the producer did not finish"))?;
+    Ok(FanoutAsync {
+        wall,
+        writer: (end - start).as_secs_f64(),
+    })
+}
+
 /// Reads and discards until end-of-file.
 fn drain(mut sock: UnixStream) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
@@ -267,6 +359,14 @@ mod tests {
         let r = fanout(dir.path(), &data, 3, 3 * data::MIB, true, 0, Sink::Discard).unwrap();
         assert!(r.wall > 0.0 && r.writer > 0.0);
         assert_eq!(r.sendfile_bytes, 0);
+    }
+
+    #[test]
+    fn fanout_async_delivers_every_byte_to_every_task_with_one_producer() {
+        let dir = tmp("fanout-async");
+        let data = data::buffer();
+        let r = fanout_async(dir.path(), &data, 5, 3 * data::MIB, 0).unwrap();
+        assert!(r.wall > 0.0 && r.writer > 0.0);
     }
 
     #[test]
