@@ -524,6 +524,21 @@ impl Core {
         if let Some(readable) = self.try_readable(position) {
             return Poll::Ready(readable);
         }
+        // As a blocking reader does: a task is woken through its runtime, a hand-off that
+        // costs a thread wake-up per write, so with fewer readers than cores and a write
+        // under way, a brief spin (at most READER_SPIN) is cheaper than going Pending.
+        if self.doze_batch == 0 {
+            if let Some(readable) = self.spin(
+                READER_SPIN,
+                Some(&self.reader_spinning),
+                || self.writing.load(SeqCst),
+                || self.try_readable(position),
+            ) {
+                self.hot_reader.store(true, SeqCst);
+                return Poll::Ready(readable);
+            }
+            self.hot_reader.store(false, SeqCst);
+        }
         let mut st = lock(&self.state);
         if let Some(readable) = self.try_readable(position) {
             return Poll::Ready(readable);
