@@ -90,8 +90,6 @@ const WRITER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 #[derive(Debug)]
 struct State {
     writer_subscription: Option<Subscription>,
-    /// Readers parked on [`Core::readers`], dozing or not.
-    parked: usize,
     /// The writer is parked on [`Core::writer`].
     writer_parked: bool,
     /// Wakers of tasks waiting in [`Core::poll_readable`].
@@ -146,8 +144,8 @@ pub(crate) struct Core {
     hot_reader: AtomicBool,
     /// A reader is spinning; at most one does, the writer may spin beside it.
     reader_spinning: AtomicBool,
-    /// Threads parked on [`Core::readers`] (a mirror of `State::parked` that a spinner
-    /// can read without the lock).
+    /// Readers parked on [`Core::readers`], dozing or not. Changed under the lock, so
+    /// it is exact there; a spinner reads it without the lock.
     parked_readers: AtomicUsize,
     /// Readers dozing (see [`DOZE`]): parked, but looking again by themselves, so they
     /// raise no parked flag and the writer takes no lock for them. Changed under the
@@ -174,7 +172,6 @@ impl Core {
         Core {
             state: Mutex::new(State {
                 writer_subscription,
-                parked: 0,
                 writer_parked: false,
                 wakers: Vec::new(),
                 announced: 0,
@@ -234,8 +231,8 @@ impl Core {
         let last = self.written.unsubscribe(subscription);
         // This reader may have been the one woken for writes the others did not hear
         // about; it hands them on before it goes.
-        if std::mem::take(&mut st.unannounced) && st.parked > 0 {
-            self.readers.notify_all();
+        if st.unannounced {
+            self.announce_locked(&mut st);
         }
         if last && st.writer_parked {
             self.writer.notify_one();
@@ -354,8 +351,7 @@ impl Core {
         }
         let mut st = lock(&self.state);
         let wakers = std::mem::take(&mut st.wakers);
-        let dozers = self.dozers.load(SeqCst);
-        if st.parked > dozers {
+        if self.parked_readers.load(SeqCst) > self.dozers.load(SeqCst) {
             if position - st.announced >= WAKE_ALL_EVERY {
                 st.announced = position;
                 st.unannounced = false;
@@ -390,10 +386,56 @@ impl Core {
     /// Wakes the waiting readers if some were not told of the latest writes.
     fn announce(&self) {
         let mut st = lock(&self.state);
-        if std::mem::take(&mut st.unannounced) && st.parked > 0 {
-            st.announced = self.written.position();
+        if st.unannounced {
+            self.announce_locked(&mut st);
+        }
+    }
+
+    /// Tells every waiting reader of every byte written, with the lock held.
+    fn announce_locked(&self, st: &mut State) {
+        st.unannounced = false;
+        st.announced = self.written.position();
+        if self.parked_readers.load(SeqCst) > 0 {
             self.readers.notify_all();
         }
+    }
+
+    /// Parks a reader on [`Core::readers`] with `wait`, counted as parked meanwhile
+    /// (and as dozing, if `dozing`).
+    fn park<'a>(
+        &self,
+        st: crate::sync::MutexGuard<'a, State>,
+        dozing: bool,
+        wait: impl FnOnce(crate::sync::MutexGuard<'a, State>) -> crate::sync::MutexGuard<'a, State>,
+    ) -> crate::sync::MutexGuard<'a, State> {
+        self.parked_readers.fetch_add(1, SeqCst);
+        if dozing {
+            self.dozers.fetch_add(1, SeqCst);
+        }
+        let st = wait(st);
+        if dozing {
+            self.dozers.fetch_sub(1, SeqCst);
+        }
+        self.parked_readers.fetch_sub(1, SeqCst);
+        st
+    }
+
+    /// A reader's brief spin for bytes of a write under way (see [`Core::spin`]),
+    /// before it parks or goes `Pending`; none where readers doze (see [`DOZE`]).
+    /// Marks the reader hot if bytes came.
+    fn spin_for_bytes(&self, position: u64) -> Option<Readable> {
+        let found = if self.doze_batch > 0 {
+            None
+        } else {
+            self.spin(
+                READER_SPIN,
+                Some(&self.reader_spinning),
+                || self.writing.load(SeqCst),
+                || self.try_readable(position),
+            )
+        };
+        self.hot_reader.store(found.is_some(), SeqCst);
+        found
     }
 
     /// Wakes every waiting reader (the writer's state changed).
@@ -404,7 +446,7 @@ impl Core {
         let wakers = std::mem::take(&mut st.wakers);
         // Counted under the lock, so nobody can be about to park unseen; a notify with
         // no one parked is still a system call.
-        let parked = st.parked > 0;
+        let parked = self.parked_readers.load(SeqCst) > 0;
         drop(st);
         if parked {
             self.readers.notify_all();
@@ -477,19 +519,10 @@ impl Core {
         if let Some(readable) = self.try_readable(position) {
             return Some(readable);
         }
-        let doze = self.doze_batch > 0;
-        if doze {
-            // No spinning beside a writer that runs free: see DOZE.
-        } else if let Some(readable) = self.spin(
-            READER_SPIN,
-            Some(&self.reader_spinning),
-            || self.writing.load(SeqCst),
-            || self.try_readable(position),
-        ) {
-            self.hot_reader.store(true, SeqCst);
+        if let Some(readable) = self.spin_for_bytes(position) {
             return Some(readable);
         }
-        self.hot_reader.store(false, SeqCst);
+        let doze = self.doze_batch > 0;
         let mut st = lock(&self.state);
         let mut waited = false;
         let mut dozed = false;
@@ -502,13 +535,9 @@ impl Core {
                 // no lock for us meanwhile. Not only while the producer is inside a
                 // write: a reader catches up just as a write ends, and waiting to be
                 // woken then cost the producer a wake-up per write.
-                st.parked += 1;
-                self.parked_readers.fetch_add(1, SeqCst);
-                self.dozers.fetch_add(1, SeqCst);
-                st = crate::sync::wait_timeout(&self.readers, st, self.doze);
-                self.dozers.fetch_sub(1, SeqCst);
-                self.parked_readers.fetch_sub(1, SeqCst);
-                st.parked -= 1;
+                st = self.park(st, true, |st| {
+                    crate::sync::wait_timeout(&self.readers, st, self.doze)
+                });
                 dozed = true;
                 continue;
             }
@@ -524,18 +553,12 @@ impl Core {
                 // write: wake the others for what they were not told about. While a
                 // write is under way, its end wakes a reader again, and everyone at
                 // least once per WAKE_ALL_EVERY.
-                st.unannounced = false;
-                st.announced = written;
-                self.readers.notify_all();
+                self.announce_locked(&mut st);
             }
-            st.parked += 1;
-            self.parked_readers.fetch_add(1, SeqCst);
-            st = match timeout {
+            st = self.park(st, false, |st| match timeout {
                 None => crate::sync::wait(&self.readers, st),
                 Some(timeout) => crate::sync::wait_timeout(&self.readers, st, timeout),
-            };
-            self.parked_readers.fetch_sub(1, SeqCst);
-            st.parked -= 1;
+            });
             waited = true;
         }
     }
@@ -547,19 +570,10 @@ impl Core {
             return Poll::Ready(readable);
         }
         // As a blocking reader does: a task is woken through its runtime, a hand-off that
-        // costs a thread wake-up per write, so with fewer readers than cores and a write
-        // under way, a brief spin (at most READER_SPIN) is cheaper than going Pending.
-        if self.doze_batch == 0 {
-            if let Some(readable) = self.spin(
-                READER_SPIN,
-                Some(&self.reader_spinning),
-                || self.writing.load(SeqCst),
-                || self.try_readable(position),
-            ) {
-                self.hot_reader.store(true, SeqCst);
-                return Poll::Ready(readable);
-            }
-            self.hot_reader.store(false, SeqCst);
+        // costs a thread wake-up per write, so with a core free and a write under way, a
+        // brief spin (at most READER_SPIN) is cheaper than going Pending.
+        if let Some(readable) = self.spin_for_bytes(position) {
+            return Poll::Ready(readable);
         }
         let mut st = lock(&self.state);
         if let Some(readable) = self.try_readable(position) {
@@ -615,7 +629,7 @@ impl Core {
     /// Readers parked, dozing or not.
     #[cfg(all(test, not(loom)))]
     pub(crate) fn parked(&self) -> usize {
-        lock(&self.state).parked
+        self.parked_readers.load(SeqCst)
     }
 
     /// Wakes a parked writer for no reason (tests of spurious wake-ups).

@@ -34,11 +34,13 @@ use std::fs::File;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use nix::libc;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::sync::{lock, Mutex};
 
 /// Bytes one window maps, a multiple of every page size. Mapped pages count in the
 /// process's resident size (they are the page cache's, shared, but counted), so an
@@ -98,7 +100,7 @@ impl Windows {
     /// readers, or `None` if it cannot be mapped (the caller then reads with `pread`).
     pub(crate) fn get(&self, file: &File, position: u64) -> Option<Arc<Window>> {
         let start = position / WINDOW * WINDOW;
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = lock(&self.live);
         live.retain(|w| w.strong_count() > 0);
         if let Some(window) = live
             .iter()
