@@ -9,6 +9,17 @@ use crate::data::{show_size, GIB};
 use crate::sys::Fs;
 use crate::workloads::{self, fanout, reference, Sink};
 
+/// What one fan-out of `size` bytes to `n` readers gives, from its wall time and its
+/// producer's time in seconds: wall, aggregate read, fan-out and writer rates.
+fn fanout_samples(n: usize, size: u64, wall: f64, writer: f64) -> Sample {
+    vec![
+        ("wall", wall),
+        ("aggregate", n as f64 * size as f64 / wall / 1e9),
+        ("fanout", (n + 1) as f64 * size as f64 / wall / 1e9),
+        ("writer", size as f64 / writer / 1e9),
+    ]
+}
+
 /// W1-async: the fan-out read by N tokio tasks on two worker threads, held against
 /// the reference's W1 of the same N.
 pub(crate) fn run_async(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
@@ -20,12 +31,7 @@ pub(crate) fn run_async(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         let label = format!("w1-async {} N={n} S={s}", fs.name());
         let m = ctx.measure(&label, Some(fs), |dir| {
             let r = workloads::fanout_async(dir, &data, n, size, max_lead)?;
-            Ok(vec![
-                ("wall", r.wall),
-                ("aggregate", n as f64 * size as f64 / r.wall / 1e9),
-                ("fanout", (n + 1) as f64 * size as f64 / r.wall / 1e9),
-                ("writer", size as f64 / r.writer / 1e9),
-            ])
+            Ok(fanout_samples(n, size, r.wall, r.writer))
         })?;
         let fig = |figure, key, unit| {
             Fig::new("w1-async", Some(fs), figure, key, unit)
@@ -65,12 +71,7 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         let label = format!("w1 {} N={n} S={s}", fs.name());
         let m = ctx.measure(&label, Some(fs), |dir| {
             let r = fanout(dir, &data, n, size, true, max_lead, Sink::Discard)?;
-            Ok(vec![
-                ("wall", r.wall),
-                ("aggregate", n as f64 * size as f64 / r.wall / 1e9),
-                ("fanout", (n + 1) as f64 * size as f64 / r.wall / 1e9),
-                ("writer", size as f64 / r.writer / 1e9),
-            ])
+            Ok(fanout_samples(n, size, r.wall, r.writer))
         })?;
         let fig = |figure, key, unit| {
             Fig::new("w1", Some(fs), figure, key, unit)

@@ -111,36 +111,27 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     })?;
     let fig =
         |figure, key, unit| Fig::new("w4", Some(fs), figure, key, unit).param("S", s.as_str());
-    ctx.emit(
-        &m,
-        fig(
+    for (figure, key) in [
+        (
             "max writer lead (a) file size - consumed, sampled",
             "lead_a",
-            "KiB",
-        )
-        .limit(Limit::OneWrite)
-        .reference(reference("w4 lead", fs)),
-    )?;
-    ctx.emit(
-        &m,
-        fig(
+        ),
+        (
             "max writer lead (b) written - consumed, after each write",
             "lead_b",
-            "KiB",
-        )
-        .limit(Limit::OneWrite)
-        .reference(reference("w4 lead", fs)),
-    )?;
-    ctx.emit(
-        &m,
-        fig(
+        ),
+        (
             "max writer lead (c) pipe cursors wcursor - rcursor, sampled",
             "lead_c",
-            "KiB",
-        )
-        .limit(Limit::OneWrite)
-        .reference(reference("w4 lead", fs)),
-    )?;
+        ),
+    ] {
+        ctx.emit(
+            &m,
+            fig(figure, key, "KiB")
+                .limit(Limit::OneWrite)
+                .reference(reference("w4 lead", fs)),
+        )?;
+    }
     ctx.emit(&m, fig("samples kept by (a)", "samples", "count"))?;
     ctx.emit(
         &m,

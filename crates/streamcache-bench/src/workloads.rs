@@ -197,20 +197,10 @@ pub(crate) fn fanout(
         last = last.max(done);
         cpu_readers += cpu;
     }
-    let creators = created.load(Ordering::Relaxed);
-    if creators != 1 {
-        return Err(io::Error::other(format!(
-            "{creators} readers created the entry, not 1"
-        )));
-    }
-    let (start, end) = span
-        .lock()
-        .ok()
-        .and_then(|s| *s)
-        .ok_or_else(|| io::Error::other("the producer did not finish"))?;
+    let writer = producer_seconds(&created, &span)?;
     Ok(Fanout {
         wall: (last - t0).as_secs_f64(),
-        writer: (end - start).as_secs_f64(),
+        writer,
         cpu_process,
         cpu_readers,
         sendfile_bytes: cache.stats().sendfile_bytes,
@@ -292,6 +282,12 @@ pub(crate) fn fanout_async(
             )));
         }
     }
+    let writer = producer_seconds(&created, &span)?;
+    Ok(FanoutAsync { wall, writer })
+}
+
+/// Seconds the producer of a fan-out took, once exactly one reader created the entry.
+fn producer_seconds(created: &AtomicUsize, span: &Span) -> io::Result<f64> {
     let creators = created.load(Ordering::Relaxed);
     if creators != 1 {
         return Err(io::Error::other(format!(
@@ -303,10 +299,7 @@ pub(crate) fn fanout_async(
         .ok()
         .and_then(|s| *s)
         .ok_or_else(|| io::Error::other("the producer did not finish"))?;
-    Ok(FanoutAsync {
-        wall,
-        writer: (end - start).as_secs_f64(),
-    })
+    Ok((end - start).as_secs_f64())
 }
 
 /// Reads and discards until end-of-file.
