@@ -36,6 +36,22 @@ fn producer(bytes: Arc<Vec<u8>>) -> impl FnOnce(&mut streamcache::Writer) -> io:
     }
 }
 
+/// A [`producer`] that starts writing only when the test sends on the returned gate.
+fn gated_producer(
+    bytes: &Arc<Vec<u8>>,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    impl FnOnce(&mut streamcache::Writer) -> io::Result<()>,
+) {
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let bytes = Arc::clone(bytes);
+    let produce = move |w: &mut streamcache::Writer| {
+        gate.recv().map_err(io::Error::other)?;
+        producer(bytes)(w)
+    };
+    (go, produce)
+}
+
 /// Samples the bytes used on `tmpfs` every millisecond until dropped, keeping the most.
 struct UsageSampler {
     stop: Arc<AtomicBool>,
@@ -176,16 +192,8 @@ fn an_entry_larger_than_the_budget_turns_transient_and_every_reader_gets_every_b
     let bytes = Arc::new(content(7, 256 * MIB));
     let sampler = UsageSampler::start(&tmpfs);
 
-    let (go, gate) = std::sync::mpsc::channel::<()>();
-    let (first, lookup) = cache
-        .lookup("big", {
-            let bytes = Arc::clone(&bytes);
-            move |w| {
-                gate.recv().map_err(io::Error::other)?;
-                producer(bytes)(w)
-            }
-        })
-        .unwrap();
+    let (go, gated) = gated_producer(&bytes);
+    let (first, lookup) = cache.lookup("big", gated).unwrap();
     assert_eq!(lookup, Lookup::Miss);
     let joined: Vec<_> = (0..2)
         .map(|_| {
@@ -368,16 +376,8 @@ fn a_write_that_finds_the_file_system_full_with_nothing_to_free_passes_its_bytes
     let tmpfs = Tmpfs::mount(8);
     let cache = budget_cache(&tmpfs, None, 4096);
     let bytes = Arc::new(content(11, 6 * MIB));
-    let (go, gate) = std::sync::mpsc::channel::<()>();
-    let (mut reader, lookup) = cache
-        .lookup("full", {
-            let bytes = Arc::clone(&bytes);
-            move |w| {
-                gate.recv().map_err(io::Error::other)?;
-                producer(bytes)(w)
-            }
-        })
-        .unwrap();
+    let (go, gated) = gated_producer(&bytes);
+    let (mut reader, lookup) = cache.lookup("full", gated).unwrap();
     assert_eq!(lookup, Lookup::Miss);
     let (mut sender, lookup) = cache
         .lookup("full", |_| Err(io::Error::other("ran twice")))
