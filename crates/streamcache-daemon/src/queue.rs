@@ -77,19 +77,19 @@ pub(crate) struct CommandQueue {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Slots of all taken.
-    running: usize,
-    /// Per directory: slots taken, and the tickets waiting for one, first first.
-    dirs: HashMap<PathBuf, Dir>,
-    /// Tickets waiting for a slot of all, first first.
-    line: VecDeque<u64>,
+    /// The slots of all.
+    all: Slots,
+    /// The slots of each directory.
+    dirs: HashMap<PathBuf, Slots>,
     next_ticket: u64,
     /// Producers waiting now, in either line.
     waiting: usize,
 }
 
+/// Slots of one kind (all, or one directory's): how many are taken, and the tickets
+/// waiting for one, first first.
 #[derive(Debug, Default)]
-struct Dir {
+struct Slots {
     running: usize,
     line: VecDeque<u64>,
 }
@@ -164,78 +164,72 @@ impl CommandQueue {
     /// Step one: a slot of `dir`'s. On a timeout, says why.
     fn wait_for_dir<'a>(
         &self,
-        mut state: MutexGuard<'a, State>,
+        state: MutexGuard<'a, State>,
         dir: &Path,
         max: usize,
         ticket: u64,
         deadline: Instant,
         waited: &mut bool,
     ) -> Result<MutexGuard<'a, State>, String> {
-        let entry = state.dirs.entry(dir.to_path_buf()).or_default();
-        if entry.line.is_empty() && entry.running < max {
-            entry.running += 1;
-            return Ok(state);
-        }
-        entry.line.push_back(ticket);
-        *waited = true;
-        state.waiting += 1;
-        loop {
-            state = self.wait_until(state, deadline);
-            let entry = state.dirs.entry(dir.to_path_buf()).or_default();
-            let first = entry.line.front() == Some(&ticket);
-            if first && entry.running < max {
-                entry.line.pop_front();
-                entry.running += 1;
-                state.waiting -= 1;
-                // The next in this directory's line may be able to go too.
-                self.changed.notify_all();
-                return Ok(state);
-            }
-            if Instant::now() >= deadline {
-                entry.line.retain(|&t| t != ticket);
-                state.waiting -= 1;
+        self.wait_in_line(state, Some(dir), max, ticket, deadline, waited)
+            .map_err(|mut state| {
                 state.forget_dir_if_idle(dir);
-                self.changed.notify_all();
-                return Err(format!(
+                format!(
                     "all {max} command slots of {} taken (max_commands_per_dir {max})",
                     dir.display()
-                ));
-            }
-        }
+                )
+            })
     }
 
     /// Step two: a slot of all. On a timeout, says why.
     fn wait_for_all<'a>(
         &self,
-        mut state: MutexGuard<'a, State>,
+        state: MutexGuard<'a, State>,
         max: usize,
         ticket: u64,
         deadline: Instant,
         waited: &mut bool,
     ) -> Result<MutexGuard<'a, State>, String> {
-        if state.line.is_empty() && state.running < max {
-            state.running += 1;
+        self.wait_in_line(state, None, max, ticket, deadline, waited)
+            .map_err(|_| format!("all {max} command slots taken (max_commands {max})"))
+    }
+
+    /// Takes one of the `max` slots of `dir` (`None`: of all), in their line, first
+    /// come first served, until `deadline`; on a timeout, leaves the line and gives the
+    /// state back as the error.
+    fn wait_in_line<'a>(
+        &self,
+        mut state: MutexGuard<'a, State>,
+        dir: Option<&Path>,
+        max: usize,
+        ticket: u64,
+        deadline: Instant,
+        waited: &mut bool,
+    ) -> Result<MutexGuard<'a, State>, MutexGuard<'a, State>> {
+        let mine = state.slots(dir);
+        if mine.line.is_empty() && mine.running < max {
+            mine.running += 1;
             return Ok(state);
         }
-        state.line.push_back(ticket);
+        mine.line.push_back(ticket);
         *waited = true;
         state.waiting += 1;
         loop {
             state = self.wait_until(state, deadline);
-            if state.line.front() == Some(&ticket) && state.running < max {
-                state.line.pop_front();
-                state.running += 1;
+            let mine = state.slots(dir);
+            if mine.line.front() == Some(&ticket) && mine.running < max {
+                mine.line.pop_front();
+                mine.running += 1;
                 state.waiting -= 1;
+                // The next in this line may be able to go too.
                 self.changed.notify_all();
                 return Ok(state);
             }
             if Instant::now() >= deadline {
-                state.line.retain(|&t| t != ticket);
+                mine.line.retain(|&t| t != ticket);
                 state.waiting -= 1;
                 self.changed.notify_all();
-                return Err(format!(
-                    "all {max} command slots taken (max_commands {max})"
-                ));
+                return Err(state);
             }
         }
     }
@@ -258,7 +252,7 @@ impl CommandQueue {
     fn release(&self, dir: Option<&Path>, global: bool) {
         let mut state = lock(&self.state);
         if global {
-            state.running -= 1;
+            state.all.running -= 1;
         }
         if let Some(dir) = dir {
             if let Some(entry) = state.dirs.get_mut(dir) {
@@ -292,6 +286,14 @@ impl CommandQueue {
 }
 
 impl State {
+    /// The slots of `dir` (made if need be), or of all.
+    fn slots(&mut self, dir: Option<&Path>) -> &mut Slots {
+        match dir {
+            Some(dir) => self.dirs.entry(dir.to_path_buf()).or_default(),
+            None => &mut self.all,
+        }
+    }
+
     fn forget_dir_if_idle(&mut self, dir: &Path) {
         if self
             .dirs
@@ -411,7 +413,7 @@ mod tests {
         drop((a, b));
         // The slot of /c that the timed-out producer held while it waited went back.
         let state = lock(&q.state);
-        assert_eq!(state.running, 0);
+        assert_eq!(state.all.running, 0);
         assert!(state.dirs.is_empty(), "{:?}", state.dirs);
     }
 
