@@ -86,6 +86,9 @@ enum Workload {
     /// A git clone storm through the daemon.
     #[value(name = "w5")]
     W5,
+    /// The daemon serving one finished entry to N clients, beside nginx.
+    #[value(name = "w7")]
+    W7,
     /// All of the above.
     #[value(name = "all")]
     All,
@@ -120,7 +123,7 @@ struct Flags {
     /// Measured repetitions after the warm-up [default: 3].
     #[arg(long, value_name = "N", value_parser = count)]
     reps: Option<usize>,
-    /// S of w1 and w2 [default: 1G; --quick: 64M].
+    /// S of w1, w2 and w7 [default: 1G; --quick: 64M].
     #[arg(long, value_name = "SIZE", value_parser = size)]
     size: Option<u64>,
     /// Size of the w0 write/read file [default: 4G; --quick: 256M].
@@ -152,7 +155,10 @@ struct Flags {
     /// Concurrent clones in w5 [default: 8].
     #[arg(long, value_name = "N", value_parser = count)]
     w5_clients: Option<usize>,
-    /// The streamcache daemon binary for w5 [default: `streamcache` next to this binary].
+    /// N values of w7 (concurrent clients), comma-separated [default: 1,16,64,256].
+    #[arg(long, value_name = "LIST", value_parser = counts)]
+    w7_clients: Option<Counts>,
+    /// The streamcache daemon binary for w5 and w7 [default: `streamcache` next to this binary].
     #[arg(long, value_name = "PATH")]
     daemon: Option<PathBuf>,
     /// The idle guard waits until the machine has been under 4% CPU for this long
@@ -261,6 +267,7 @@ pub(crate) enum Part {
     W3,
     W4,
     W5,
+    W7,
 }
 
 impl Workload {
@@ -277,7 +284,8 @@ impl Workload {
             Workload::W3 => &[W3],
             Workload::W4 => &[W4],
             Workload::W5 => &[W5],
-            Workload::All => &[W0, W1Fanout, W1ZeroCopy, W1Rss, W1Async, W2, W3, W4, W5],
+            Workload::W7 => &[W7],
+            Workload::All => &[W0, W1Fanout, W1ZeroCopy, W1Rss, W1Async, W2, W3, W4, W5, W7],
         }
     }
 }
@@ -301,6 +309,7 @@ pub(crate) struct Options {
     pub(crate) rss_sizes: Vec<u64>,
     pub(crate) w5_repo_mb: u64,
     pub(crate) w5_clients: usize,
+    pub(crate) w7_clients: Vec<usize>,
     pub(crate) daemon: Option<PathBuf>,
     pub(crate) idle_window: Duration,
     pub(crate) idle_timeout: Duration,
@@ -360,6 +369,7 @@ fn options(workloads: &[Workload], f: Flags) -> Options {
         ),
         w5_repo_mb: or_default(f.w5_repo_mb, quick, 120, 20),
         w5_clients: f.w5_clients.unwrap_or(8),
+        w7_clients: f.w7_clients.map_or_else(|| vec![1, 16, 64, 256], |c| c.0),
         daemon: f.daemon,
         idle_window: or_default(f.idle_window, quick, secs(9), secs(2)),
         idle_timeout: or_default(f.idle_timeout, quick, secs(120), secs(10)),
@@ -401,7 +411,8 @@ mod tests {
     #[test]
     fn all_selects_every_part_on_both_file_systems_with_workload_defaults() {
         let o = run("all");
-        assert_eq!(o.parts.len(), 9);
+        assert_eq!(o.parts.len(), 10);
+        assert_eq!(o.w7_clients, vec![1, 16, 64, 256]);
         assert_eq!(o.fs, vec![Fs::Tmpfs, Fs::Ext4]);
         assert_eq!((o.size, o.w0_size, o.w4_size), (GIB, 4 * GIB, 256 * MIB));
         assert_eq!((o.w3_keys, o.w3_hot, o.reps), (100_000, 1000, 3));

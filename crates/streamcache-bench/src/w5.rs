@@ -45,7 +45,7 @@ pub(crate) fn rusage_child(args: &[String]) -> ExitCode {
 }
 
 /// The daemon binary: `--daemon`, or `streamcache` next to this binary.
-fn daemon_bin(ctx: &Ctx) -> Option<PathBuf> {
+pub(crate) fn daemon_bin(ctx: &Ctx) -> Option<PathBuf> {
     if let Some(p) = &ctx.opts.daemon {
         return Some(p.clone());
     }
@@ -184,7 +184,13 @@ fn storm(s: &Setup<'_>, dir: &Path, n: usize, hook: bool) -> io::Result<Storm> {
     let socket = dir.join("d.sock");
     let mut daemon = None;
     if hook {
-        daemon = Some(start_daemon(s.daemon, &socket, &dir.join("cache"), dir)?);
+        daemon = Some(start_daemon(
+            s.daemon,
+            &socket,
+            &dir.join("cache"),
+            dir,
+            &[],
+        )?);
         fs::write(
             &gitconfig,
             format!(
@@ -269,7 +275,15 @@ fn storm(s: &Setup<'_>, dir: &Path, n: usize, hook: bool) -> io::Result<Storm> {
     })
 }
 
-fn start_daemon(bin: &Path, socket: &Path, cache: &Path, dir: &Path) -> io::Result<Child> {
+/// `streamcache serve` with its socket, cache and log (`dir/daemon.log`), and `extra`
+/// flags; returns once the socket accepts.
+pub(crate) fn start_daemon(
+    bin: &Path,
+    socket: &Path,
+    cache: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> io::Result<Child> {
     let log = File::create(dir.join("daemon.log"))?;
     let mut child = Command::new(bin)
         .arg("serve")
@@ -277,6 +291,7 @@ fn start_daemon(bin: &Path, socket: &Path, cache: &Path, dir: &Path) -> io::Resu
         .arg(socket)
         .arg("--dir")
         .arg(cache)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -298,7 +313,7 @@ fn start_daemon(bin: &Path, socket: &Path, cache: &Path, dir: &Path) -> io::Resu
 }
 
 /// SIGTERM, then SIGKILL if the daemon is still there after 10 s; how it ended.
-fn stop_daemon(mut child: Child) -> io::Result<ExitStatus> {
+pub(crate) fn stop_daemon(mut child: Child) -> io::Result<ExitStatus> {
     // Our own child, not reaped yet, so its pid is still its own. A failure shows
     // below as a daemon that does not exit.
     let _ = kill_process(Pid::from_child(&child), Signal::TERM);
