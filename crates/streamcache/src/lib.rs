@@ -157,6 +157,15 @@
 //!   bytes ahead of its fastest reader, so both work at once; 0 keeps the reference's
 //!   one write.
 //!
+//! # Memory for readers close behind the producer
+//!
+//! While more readers copy an entry (with `read`, not [`Stream::send_to`]) than the
+//! machine has cores, its producer keeps its latest 8 MiB of writes in memory as well,
+//! and readers within them copy from there instead of calling `pread`: at 64 readers
+//! that took a fifth of the CPU time off the page-cache lookups (W1 N = 64 on tmpfs:
+//! +30%). The memory is freed when the producer finishes; a cache whose readers all
+//! `send_to` a socket (the daemon) never allocates it.
+//!
 //! # Memory maps and `SIGBUS`
 //!
 //! With a lead window of 1 MiB or more, readers copy an entry from a shared read-only
@@ -195,6 +204,7 @@ mod janitor;
 mod metrics;
 mod pipe;
 mod pool;
+mod recent;
 mod room;
 mod runner;
 mod stream;

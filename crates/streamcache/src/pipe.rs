@@ -42,6 +42,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use crate::error::{Error, Result};
 use crate::floor::{Floor, Mark};
+use crate::recent::Recent;
 use crate::sync::{lock, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Condvar, Mutex};
 use crate::waiter::Waiter;
 use crate::window::Windows;
@@ -651,6 +652,7 @@ pub(crate) fn channel(backpressure: bool, lead: u64, floor: bool) -> (Sender, Ta
         floor: Floor::new(floor),
         tail: Tail::default(),
         windows: Windows::default(),
+        recent: Recent::default(),
     });
     (
         Sender {
@@ -671,6 +673,8 @@ struct Shared {
     tail: Tail,
     /// The maps readers copy the file from, when they doze (see [`crate::window`]).
     windows: Windows,
+    /// The latest writes, for readers close behind the writer (see [`crate::recent`]).
+    recent: Recent,
 }
 
 /// The bytes of a *passing* entry that are not in its file: the producer's latest
@@ -716,6 +720,8 @@ impl Tap {
             position: 0,
             subscription: Some(subscription),
             mark,
+            copying: false,
+            hint: 0,
         })
     }
 
@@ -776,6 +782,12 @@ impl Sender {
         self.shared.core.end_write(position);
     }
 
+    /// Keeps `bytes`, just written to the file at `start`, in memory for the readers
+    /// close behind (see [`crate::recent`]); call before publishing them.
+    pub(crate) fn keep(&self, start: u64, bytes: &[u8]) {
+        self.shared.recent.put(start, bytes);
+    }
+
     /// Where the slowest open reader is; `None` once every reader left.
     pub(crate) fn slowest(&self) -> Option<u64> {
         self.shared.floor.lowest()
@@ -806,6 +818,7 @@ impl Sender {
         self.shared.core.close_writer()?;
         self.done = true;
         self.shared.outcome.set(Ok(()));
+        self.shared.recent.clear();
         Ok(())
     }
 
@@ -816,6 +829,7 @@ impl Sender {
         // The outcome first: a reader that sees the failed state reads it next.
         self.shared.outcome.set(Err(err));
         self.shared.core.fail();
+        self.shared.recent.clear();
     }
 }
 
@@ -836,6 +850,10 @@ pub(crate) struct Receiver {
     position: u64,
     subscription: Option<Subscription>,
     mark: Mark,
+    /// Counted among the readers that copy from [`crate::recent`].
+    copying: bool,
+    /// Where this reader last found its bytes in [`crate::recent`].
+    hint: usize,
 }
 
 impl Receiver {
@@ -877,6 +895,18 @@ impl Receiver {
         let n = passed.len().min(buf.len());
         buf[..n].copy_from_slice(&passed[..n]);
         n
+    }
+
+    /// Copies bytes at this reader's position, up to `end` (published), from the
+    /// writer's latest writes kept in memory (without consuming them); `None`: they are
+    /// not kept (any more), read the file.
+    pub(crate) fn copy_recent(&mut self, end: u64, buf: &mut [u8]) -> Option<usize> {
+        let recent = &self.shared.recent;
+        if !self.copying {
+            self.copying = true;
+            recent.join();
+        }
+        recent.copy(self.position, end, buf, &mut self.hint)
     }
 
     /// Records that this reader consumed `n` more bytes. This is where a reader's
@@ -925,6 +955,9 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         if let Some(subscription) = self.subscription.take() {
             self.shared.core.close_reader(subscription);
+        }
+        if self.copying {
+            self.shared.recent.leave();
         }
         self.mark.close(&self.shared.floor);
     }

@@ -3,9 +3,10 @@
 //! # How reads touch the file
 //!
 //! A read waits (blocking, or by registering a waker) until the writer has published
-//! bytes past the reader's position, then copies at most that many bytes from a memory
-//! map of the file ([`crate::window`]; `pread` from the shared file handle where the
-//! file cannot be mapped). In async code the copy runs on the polling task rather than
+//! bytes past the reader's position, then copies at most that many bytes: from the
+//! writer's latest writes kept in memory if they still hold them ([`crate::recent`]),
+//! else from a memory map of the file where readers doze ([`crate::window`]), else with
+//! `pread` from the shared file handle. In async code the copy runs on the polling task rather than
 //! on a blocking pool: it only ever asks for bytes the writer has already written, which
 //! sit in the page cache, so it does not wait on a device in practice. That keeps a
 //! cache hit free of thread hand-offs; `tokio::fs` would pay one per read.
@@ -113,6 +114,10 @@ impl EntryReader {
                     Ok(n)
                 }
             };
+        }
+        if let Some(n) = self.rx.copy_recent(end, &mut buf[..want]) {
+            self.rx.consume(n as u64);
+            return Ok(n);
         }
         if let Some(n) = self.copy_mapped(&mut buf[..want])? {
             self.rx.consume(n as u64);

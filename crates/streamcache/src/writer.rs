@@ -241,6 +241,7 @@ impl Write for Writer {
                         *failure = Some(err.clone());
                         return Err(err.into());
                     }
+                    sender.keep(self.written, &rest[..n]);
                     self.written += n as u64;
                     if let Some(room) = room {
                         room.wrote(self.written);

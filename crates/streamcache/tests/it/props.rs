@@ -14,6 +14,8 @@ fn chunks() -> impl Strategy<Value = Vec<Vec<u8>>> {
             1 => Just(Vec::new()),
             4 => prop::collection::vec(any::<u8>(), 1..512),
             1 => prop::collection::vec(any::<u8>(), 512..16384),
+            // Longer than a piece kept in memory for readers close behind (64 KiB).
+            1 => prop::collection::vec(any::<u8>(), 65536..140_000),
         ],
         0..24,
     )
