@@ -245,3 +245,80 @@ async fn the_disabled_cache_streams_asynchronously_too() {
         .expect_err("the panic reaches the reader");
     assert_eq!(Error::from_io(err).to_string(), "panic: async panic");
 }
+
+/// Tasks on a runtime of two workers, more than the machine has cores, all joined
+/// before the producer starts: the producer keeps its latest writes in memory for them,
+/// the entry is longer than what it keeps (so kept buffers are reused under the
+/// readers), and tasks that read a long way without waiting yield to the others. Every
+/// task must get every byte, in order, whatever path each read took.
+#[test]
+fn many_tasks_on_two_workers_each_get_every_byte_of_an_entry_longer_than_what_is_kept() {
+    const TASKS: usize = 16;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let c = TempCache::new(true);
+    let content = Arc::new(random_bytes(20 << 20));
+    let (go, gate) = mpsc::channel::<()>();
+    let producer = {
+        let content = Arc::clone(&content);
+        move |w: &mut streamcache::Writer| {
+            gate.recv().map_err(io::Error::other)?;
+            // Writes of varied sizes, some longer than a kept piece (64 KiB).
+            let mut rest = &content[..];
+            let mut size = 1000;
+            while !rest.is_empty() {
+                let n = size.min(rest.len());
+                w.write_all(&rest[..n])?;
+                rest = &rest[n..];
+                size = size * 7 % 150_001 + 1;
+            }
+            Ok(())
+        }
+    };
+    let (first, created) = c.cache.find_or_create("key", producer).unwrap();
+    assert!(created);
+    let mut streams = vec![first];
+    for _ in 1..TASKS {
+        let (stream, created) = c
+            .cache
+            .find_or_create("key", crate::support::never)
+            .unwrap();
+        assert!(!created);
+        streams.push(stream);
+    }
+    let outputs: Vec<Vec<u8>> = runtime.block_on(async {
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|mut stream| {
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    // Not a multiple of any write: reads end inside pieces.
+                    let mut buf = vec![0u8; 50_000];
+                    loop {
+                        let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+                            .await
+                            .expect("reads succeed");
+                        if n == 0 {
+                            break;
+                        }
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                    stream.wait_async().await.expect("the producer succeeds");
+                    out
+                })
+            })
+            .collect();
+        go.send(()).unwrap();
+        let mut outputs = Vec::new();
+        for t in tasks {
+            outputs.push(t.await.unwrap());
+        }
+        outputs
+    });
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(out.len(), content.len(), "task {i}");
+        assert!(out[..] == content[..], "task {i} got other bytes");
+    }
+}
