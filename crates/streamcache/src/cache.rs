@@ -12,7 +12,7 @@
 //! another lock of the crate, and no other lock is taken under it. The kept-handles
 //! queue's lock is taken alone too, with an entry's kept-handle lock (a leaf) inside.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -23,19 +23,20 @@ use crate::admission::Admission;
 use crate::budget::Budget;
 use crate::config::Config;
 use crate::direct;
+use crate::durable::{self, Digest, Refusal};
 use crate::entry::Entry;
 use crate::error::{Chain, Error, Op, Result};
 #[cfg(test)]
 use crate::filestore::EntryFile;
-use crate::filestore::FileStore;
+use crate::filestore::{Committed, FileStore};
 use crate::janitor::{self, Janitor};
 use crate::metrics::{Metrics, Stats};
 use crate::pipe;
 use crate::room::{OnTransient, Room};
 use crate::runner::{self, Producer};
 use crate::stream::Stream;
-use crate::sync::{lock, Mutex};
-use crate::writer::Writer;
+use crate::sync::{lock, Condvar, Mutex};
+use crate::writer::{Durable, Writer};
 
 /// A cache of byte streams, each made once by a producer and read by any number of
 /// readers while it is being made and after.
@@ -117,6 +118,11 @@ struct Shared {
     admission: Option<Admission>,
     janitor: Mutex<Option<Janitor>>,
     kept: KeptHandles,
+    /// Keys whose committed files are being checked now (durable caches).
+    checks: Checks,
+    /// Set once the background adoption of committed entries is over (at once for a
+    /// cache that is not durable).
+    adopted: Arc<crate::waiter::Waiter>,
     /// Test hook: replaces file creation in tests of failure paths.
     #[cfg(test)]
     create_hook: Option<CreateHook>,
@@ -174,6 +180,55 @@ impl KeptHandles {
     }
 }
 
+/// The keys whose committed files are being checked against their digests now: one
+/// check serves every lookup of the key that arrives meanwhile (they wait for it, then
+/// find the entry in the index or miss).
+#[derive(Debug, Default)]
+struct Checks {
+    keys: Mutex<HashSet<String>>,
+    done: Condvar,
+}
+
+impl Checks {
+    /// Claims the check of `key`. `None` if another thread was checking it: this call
+    /// waited for that check to end, and the caller looks in the index again.
+    fn claim<'a>(&'a self, key: &str) -> Option<CheckClaim<'a>> {
+        let mut keys = lock(&self.keys);
+        if keys.insert(key.to_owned()) {
+            return Some(CheckClaim {
+                checks: self,
+                key: key.to_owned(),
+            });
+        }
+        while keys.contains(key) {
+            keys = crate::sync::wait(&self.done, keys);
+        }
+        None
+    }
+}
+
+/// The check of one key, released when dropped.
+struct CheckClaim<'a> {
+    checks: &'a Checks,
+    key: String,
+}
+
+impl Drop for CheckClaim<'_> {
+    fn drop(&mut self) {
+        lock(&self.checks.keys).remove(&self.key);
+        self.checks.done.notify_all();
+    }
+}
+
+/// What looking for a committed file did.
+enum Adoption {
+    /// The entry is in the index now (or another lookup's check just ended): look
+    /// again.
+    LookAgain,
+    /// Nothing to serve: a miss.
+    Nothing,
+}
+
 /// What a lookup did, from [`Cache::lookup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lookup {
@@ -225,6 +280,8 @@ impl Cache {
             admission,
             janitor: Mutex::new(None),
             kept: KeptHandles::new(),
+            checks: Checks::default(),
+            adopted: Arc::new(crate::waiter::Waiter::default()),
             #[cfg(test)]
             create_hook,
             #[cfg(test)]
@@ -250,6 +307,26 @@ impl Cache {
         })
         .map_err(|e| Error::io(Op::Spawn, &shared.config.dir, e))?;
         *lock(&shared.janitor) = Some(janitor);
+        if shared.config.durable {
+            let weak = Arc::downgrade(&shared);
+            let adopted = Arc::clone(&shared.adopted);
+            std::thread::Builder::new()
+                .name("streamcache-adopt".into())
+                .spawn(move || {
+                    // Set however the adoption ends, so that no waiter waits forever.
+                    struct Done(Arc<crate::waiter::Waiter>);
+                    impl Drop for Done {
+                        fn drop(&mut self) {
+                            self.0.set(Ok(()));
+                        }
+                    }
+                    let _done = Done(adopted);
+                    adopt_all(&weak);
+                })
+                .map_err(|e| Error::io(Op::Spawn, &shared.config.dir, e))?;
+        } else {
+            shared.adopted.set(Ok(()));
+        }
         Ok(Cache {
             flavor: Flavor::Enabled(shared),
         })
@@ -423,6 +500,17 @@ impl Cache {
         statuses
     }
 
+    /// Blocks until the background adoption of committed entries (see
+    /// [`Config::durable`]) is over: every committed entry found in the directory at
+    /// start-up was checked and is in the index, or was refused. Lookups never need
+    /// this (a lookup checks its key's file itself); it is for status and measuring.
+    /// Returns at once for a cache that is not durable, or disabled.
+    pub fn wait_adopted(&self) {
+        if let Flavor::Enabled(shared) = &self.flavor {
+            let _ = shared.adopted.wait();
+        }
+    }
+
     /// The cache directory, for a real cache.
     pub fn dir(&self) -> Option<&Path> {
         self.config().map(|c| c.dir.as_path())
@@ -460,6 +548,14 @@ impl Shared {
                         tracing::debug!(key, error = %Chain(&err), "streamcache: entry unusable, replacing it");
                         self.forget(key, &entry);
                     }
+                }
+            }
+            // A durable cache looks for the key's committed file (its own from before a
+            // restart, or another process's) before it produces.
+            if self.config.durable {
+                match self.adopt(key) {
+                    Adoption::LookAgain => continue,
+                    Adoption::Nothing => {}
                 }
             }
             // A miss: everything that touches the disk happens before the index lock.
@@ -516,8 +612,18 @@ impl Shared {
                     Arc::clone(&self.metrics),
                 )
             });
+            let durable = self
+                .config
+                .durable
+                .then(|| Digest::new(key))
+                .flatten()
+                .map(|digest| Durable {
+                    digest,
+                    file: Arc::clone(entry.file()),
+                    metrics: Arc::clone(&self.metrics),
+                });
             #[cfg_attr(not(test), allow(unused_mut))]
-            let mut writer = Writer::entry(sender, file, Arc::clone(entry.path()), room);
+            let mut writer = Writer::entry(sender, file, entry.path(), room, durable);
             #[cfg(test)]
             if let Some(kind) = self.close_fault.get() {
                 writer.inject_close_fault(*kind);
@@ -527,10 +633,122 @@ impl Shared {
         }
     }
 
+    /// Looks for `key`'s committed file and, if it checks out, puts it in the index.
+    fn adopt(&self, key: &str) -> Adoption {
+        let Some(_claim) = self.checks.claim(key) else {
+            return Adoption::LookAgain;
+        };
+        if lock(&self.index).contains_key(key) {
+            return Adoption::LookAgain;
+        }
+        let committed = match self.store.open_committed(key) {
+            Ok(Some(committed)) => committed,
+            Ok(None) => return Adoption::Nothing,
+            Err(err) => {
+                tracing::warn!(key, error = %Chain(&err), "streamcache: open committed entry");
+                return Adoption::Nothing;
+            }
+        };
+        match self.admit_committed(committed, Some(key)) {
+            Some(_) => {
+                self.metrics.add_shared_hits(1);
+                Adoption::LookAgain
+            }
+            None => Adoption::Nothing,
+        }
+    }
+
+    /// Checks a committed file (against `key`, if given) and puts it in the index as a
+    /// finished entry. Returns its key if it did. A damaged or expired file is removed;
+    /// nothing unchecked is ever in the index.
+    fn admit_committed(&self, committed: Committed, key: Option<&str>) -> Option<String> {
+        let Committed {
+            file,
+            size,
+            entry_file,
+        } = committed;
+        let path = entry_file.path();
+        let refuse = |refusal: Refusal| {
+            if refusal.is_damage() {
+                self.metrics.add_verification_failures(1);
+                tracing::warn!(path = %path.display(), "streamcache: committed entry not served: {refusal}; removing it");
+            } else {
+                tracing::debug!(path = %path.display(), "streamcache: committed entry not served: {refusal}");
+            }
+            if refusal != Refusal::OtherKey {
+                if let Err(err) = entry_file.remove() {
+                    tracing::warn!(error = %Chain(&err), "streamcache: remove refused entry");
+                }
+            }
+            None
+        };
+        let checked = durable::read_record(&file, size, &path).and_then(|record| match record {
+            Err(refusal) => Ok(Err(refusal)),
+            Ok(record) if key.is_some_and(|key| key != record.key) => Ok(Err(Refusal::OtherKey)),
+            Ok(record) if record.age(SystemTime::now()) > self.config.max_age => {
+                Ok(Err(Refusal::Expired))
+            }
+            Ok(record) => Ok(if record.verify(&file, &path)? {
+                Ok(record)
+            } else {
+                Err(Refusal::Altered)
+            }),
+        });
+        let record = match checked {
+            Ok(Ok(record)) => record,
+            Ok(Err(refusal)) => return refuse(refusal),
+            Err(err) => {
+                // Unreadable now: not served, left for the sweep.
+                tracing::warn!(error = %Chain(&err), "streamcache: check committed entry");
+                return None;
+            }
+        };
+        let footprint = match &self.budget {
+            None => None,
+            Some(budget) => {
+                let on_disk = crate::budget::pages(size);
+                let Some(footprint) = budget.open(on_disk.max(crate::budget::PAGE)) else {
+                    // The budget governs the directory: what it cannot hold goes.
+                    tracing::debug!(
+                        key = record.key,
+                        "streamcache: no room under the budget for a committed entry; removing it"
+                    );
+                    if let Err(err) = entry_file.remove() {
+                        tracing::warn!(error = %Chain(&err), "streamcache: remove committed entry");
+                    }
+                    return None;
+                };
+                footprint.set_on_disk(on_disk);
+                footprint.settle();
+                Some(footprint)
+            }
+        };
+        let created = Instant::now()
+            .checked_sub(record.age(SystemTime::now()))
+            .unwrap_or_else(Instant::now);
+        let entry = Arc::new(Entry::adopted(
+            entry_file,
+            pipe::finished(record.length),
+            footprint,
+            created,
+            file,
+        ));
+        let mut index = lock(&self.index);
+        if index.contains_key(&record.key) {
+            // Made here meanwhile: this one is dropped, its file left as it is.
+            return None;
+        }
+        index.insert(record.key.clone(), Arc::clone(&entry));
+        self.metrics.set_index_entries(index.len());
+        drop(index);
+        self.kept.kept(&entry);
+        Some(record.key)
+    }
+
     fn stream(&self, entry: &Entry, rx: pipe::Receiver) -> Stream {
         Stream::entry(
             rx,
-            Arc::clone(entry.path()),
+            entry.path(),
             entry.footprint().map(Arc::clone),
             Arc::clone(&self.metrics),
         )
@@ -703,6 +921,62 @@ impl Shared {
             entry.retire();
         }
     }
+}
+
+/// Adopts the committed entries under the cache's directory, in the background after
+/// [`Cache::new`]: each is checked against its digest before it enters the index, and
+/// a lookup of a key not yet adopted checks that key's file itself. Stops early if the
+/// cache is dropped.
+fn adopt_all(shared: &Weak<Shared>) {
+    let files = match shared
+        .upgrade()
+        .map(|shared| shared.store.committed_files())
+    {
+        Some(Ok(files)) => files,
+        Some(Err(err)) => {
+            tracing::warn!(error = %Chain(&err), "streamcache: list committed entries");
+            return;
+        }
+        None => return,
+    };
+    let mut adopted = 0u64;
+    for (dir, name) in files {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let committed = match shared.store.open_committed_at(dir, name) {
+            Ok(Some(committed)) => committed,
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::warn!(error = %Chain(&err), "streamcache: open committed entry");
+                continue;
+            }
+        };
+        // Claimed by key once the key is known: read the record first.
+        let key = match durable::read_record(
+            &committed.file,
+            committed.size,
+            &committed.entry_file.path(),
+        ) {
+            Ok(Ok(record)) => Some(record.key),
+            _ => None,
+        };
+        let claim = match key.as_deref() {
+            Some(key) if lock(&shared.index).contains_key(key) => continue,
+            Some(key) => match shared.checks.claim(key) {
+                Some(claim) => Some(claim),
+                // A lookup checked it meanwhile.
+                None => continue,
+            },
+            None => None,
+        };
+        if shared.admit_committed(committed, key.as_deref()).is_some() {
+            adopted += 1;
+            shared.metrics.add_adopted_entries(1);
+        }
+        drop(claim);
+    }
+    tracing::info!(adopted, "streamcache: committed entries adopted");
 }
 
 #[cfg(test)]

@@ -74,6 +74,25 @@ pub struct Config {
     /// A key is cached only once it has been asked for more than this many times; the
     /// first occurrences run their producer outside the cache. 0 caches every key.
     pub min_occurrences: u32,
+    /// Keep finished entries past this process (default `false`).
+    ///
+    /// A durable cache computes a digest (BLAKE3) of each entry as it is written and,
+    /// when the producer succeeds, *commits* it: a record with the key, length, digest
+    /// and creation time goes after its bytes and the file takes a name made from the
+    /// key, in one `rename(2)`. A crash leaves either a committed entry or one that is
+    /// plainly not committed. A cache started on the directory later adopts the
+    /// committed entries younger than `max_age` in the background, and a lookup that
+    /// misses the index opens the key's committed file directly, so caches of
+    /// several processes sharing the directory serve each other's finished entries
+    /// (entries being written stay private to their process). Every adopted file is
+    /// checked against its digest before it is first served; a truncated, altered or
+    /// uncommitted file is never served and is removed. Nothing is synced to disk: a
+    /// process restart keeps the page cache, and after a machine crash the digest
+    /// catches torn files.
+    ///
+    /// Entries that turn transient, or pass their bytes through memory, are not
+    /// committed (their files do not hold every byte), nor are keys over 64 KiB.
+    pub durable: bool,
 }
 
 impl Config {
@@ -88,6 +107,7 @@ impl Config {
             max_disk_bytes: None,
             min_free_bytes: 0,
             min_occurrences: 1,
+            durable: false,
         }
     }
 

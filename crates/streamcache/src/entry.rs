@@ -25,7 +25,8 @@ use crate::waiter::Waiter;
 
 #[derive(Debug)]
 pub(crate) struct Entry {
-    file: EntryFile,
+    /// Shared with the writer of a durable entry, which commits it (renames it).
+    file: Arc<EntryFile>,
     tap: Tap,
     /// The read handle shared by the open readers; dead when no reader has it open and
     /// it is not kept.
@@ -45,7 +46,7 @@ pub(crate) struct Entry {
 impl Entry {
     pub(crate) fn new(file: EntryFile, tap: Tap, footprint: Option<Arc<Footprint>>) -> Entry {
         Entry {
-            file,
+            file: Arc::new(file),
             tap,
             shared: Mutex::new(Weak::new()),
             kept: Mutex::new(None),
@@ -53,6 +54,33 @@ impl Entry {
             footprint,
             last_used: AtomicU64::new(0),
         }
+    }
+
+    /// An entry for a committed file found on disk (see [`crate::durable`]): `tap` is
+    /// a finished pipe of the entry's length, `handle` the read handle it was checked
+    /// through (kept for the first readers), `created` when it was made.
+    pub(crate) fn adopted(
+        file: EntryFile,
+        tap: Tap,
+        footprint: Option<Arc<Footprint>>,
+        created: Instant,
+        handle: File,
+    ) -> Entry {
+        let handle = Arc::new(handle);
+        Entry {
+            file: Arc::new(file),
+            tap,
+            shared: Mutex::new(Arc::downgrade(&handle)),
+            kept: Mutex::new(Some(handle)),
+            created,
+            footprint,
+            last_used: AtomicU64::new(0),
+        }
+    }
+
+    /// The entry's file, for the writer that commits it.
+    pub(crate) fn file(&self) -> &Arc<EntryFile> {
+        &self.file
     }
 
     pub(crate) fn created(&self) -> Instant {
@@ -104,7 +132,7 @@ impl Entry {
     }
 
     /// The entry file's path, for messages.
-    pub(crate) fn path(&self) -> &Arc<Path> {
+    pub(crate) fn path(&self) -> Arc<Path> {
         self.file.path()
     }
 

@@ -33,6 +33,10 @@ pub enum Op {
     Release,
     /// Asking the file system how much space is free (the free-space guard).
     FreeSpace,
+    /// Giving a durable entry's file its committed name.
+    Commit,
+    /// Checking a committed entry against its digest.
+    Verify,
 }
 
 impl fmt::Display for Op {
@@ -50,6 +54,8 @@ impl fmt::Display for Op {
             Op::Spawn => "spawn thread for",
             Op::Release => "release read part of",
             Op::FreeSpace => "measure free space of",
+            Op::Commit => "commit",
+            Op::Verify => "verify",
         })
     }
 }

@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
+use crate::durable;
 use crate::error::{Error, Op, Result};
 use crate::sync::{lock, Mutex};
 
@@ -66,9 +67,20 @@ pub(crate) struct Sweep {
 /// One entry file, named relative to the root's descriptor: the one value that opens
 /// readers of the file and removes it. Its owner (the cache's entry) decides when the
 /// name goes; dropping it leaves the file where it is (the sweep reclaims it in time).
+///
+/// A durable entry's file changes its name once, when it is committed
+/// ([`EntryFile::commit`]); the name is behind a lock for that.
 #[derive(Debug)]
 pub(crate) struct EntryFile {
     root: Arc<OwnedFd>,
+    place: Mutex<Place>,
+    /// The file's inode: a name is removed only while it still holds this file (a
+    /// committed name may have been taken over by another process's commit since).
+    ino: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Place {
     /// The fan-out directory, relative to the root.
     dir: String,
     /// The file's name in `dir`.
@@ -78,44 +90,108 @@ pub(crate) struct EntryFile {
 }
 
 impl EntryFile {
+    fn new(root: Arc<OwnedFd>, dir: String, name: String, path: Arc<Path>, file: &OwnedFd) -> Self {
+        let ino = rustix::fs::fstat(file).map_or(0, |st| st.st_ino);
+        EntryFile {
+            root,
+            place: Mutex::new(Place { dir, name, path }),
+            ino,
+        }
+    }
+
     /// The file's path, for error messages and logs.
-    pub(crate) fn path(&self) -> &Arc<Path> {
-        &self.path
+    pub(crate) fn path(&self) -> Arc<Path> {
+        Arc::clone(&lock(&self.place).path)
     }
 
     /// Opens the file for reading. Fails, without blocking, if anything below the root
     /// is a link or the name no longer holds a regular file.
     pub(crate) fn open_reader(&self) -> Result<File> {
-        let relative = format!("{}/{}", self.dir, self.name);
-        let fd = openat_beneath(&self.root, relative, OFlags::RDONLY | OFlags::NONBLOCK, 0)
-            .map_err(|e| Error::io(Op::OpenReader, &*self.path, e))?;
-        let stat =
-            rustix::fs::fstat(&fd).map_err(|e| Error::io(Op::OpenReader, &*self.path, e.into()))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            let err = io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
-            return Err(Error::io(Op::OpenReader, &*self.path, err));
-        }
-        Ok(File::from(fd))
+        let place = lock(&self.place).clone();
+        let relative = format!("{}/{}", place.dir, place.name);
+        open_regular(&self.root, &relative, &place.path)
     }
 
-    /// Removes the file's name, relative to its fan-out directory. Open handles keep
-    /// reading. Removing a name that is already gone is not an error.
+    /// Removes the file's name, relative to its fan-out directory, if the name still
+    /// holds this file. Open handles keep reading. Removing a name that is already gone
+    /// is not an error.
     pub(crate) fn remove(&self) -> Result<()> {
+        let place = lock(&self.place).clone();
         let dir = match openat_beneath(
             &self.root,
-            self.dir.as_str(),
+            place.dir.as_str(),
             OFlags::RDONLY | OFlags::DIRECTORY,
             0,
         ) {
             Ok(dir) => dir,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(Op::Remove, &*self.path, e)),
+            Err(e) => return Err(Error::io(Op::Remove, &*place.path, e)),
         };
-        match rustix::fs::unlinkat(&dir, self.name.as_str(), AtFlags::empty()) {
+        match rustix::fs::statat(&dir, place.name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_ino == self.ino => {}
+            // Another file (another process committed the key since), or none.
+            Ok(_) | Err(rustix::io::Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(Error::io(Op::Remove, &*place.path, e.into())),
+        }
+        match rustix::fs::unlinkat(&dir, place.name.as_str(), AtFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-            Err(e) => Err(Error::io(Op::Remove, &*self.path, e.into())),
+            Err(e) => Err(Error::io(Op::Remove, &*place.path, e.into())),
         }
     }
+
+    /// Gives the file its committed name for `key` (see [`crate::durable`]): one
+    /// `rename(2)`, so the file is committed whole or not at all. A file committed for
+    /// the key before (by another process) is replaced; its readers read on.
+    pub(crate) fn commit(&self, key: &str) -> Result<()> {
+        let (to_dir, to_name) = durable::committed_name(key);
+        let mut place = lock(&self.place);
+        let to_path: Arc<Path> = match place.path.ancestors().nth(2) {
+            Some(root) => root.join(&to_dir).join(&to_name).into(),
+            None => Path::new(&to_dir).join(&to_name).into(),
+        };
+        let directory = OFlags::RDONLY | OFlags::DIRECTORY;
+        let target = match openat_beneath(&self.root, to_dir.as_str(), directory, 0) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Made one level at a time, each inside a directory opened beneath the
+                // root, so no planted link is followed.
+                let mkdir_error = |e: rustix::io::Errno| Error::io(Op::Mkdir, &*to_path, e.into());
+                mkdir_at(&self.root, durable::COMMITTED).map_err(mkdir_error)?;
+                let top = openat_beneath(&self.root, durable::COMMITTED, directory, 0)
+                    .map_err(|e| Error::io(Op::Mkdir, &*to_path, e))?;
+                let fanout = to_dir.rsplit('/').next().unwrap_or(to_dir.as_str());
+                mkdir_at(&top, fanout).map_err(mkdir_error)?;
+                openat_beneath(&self.root, to_dir.as_str(), directory, 0)
+                    .map_err(|e| Error::io(Op::Commit, &*to_path, e))?
+            }
+            Err(e) => return Err(Error::io(Op::Commit, &*to_path, e)),
+        };
+        let source = openat_beneath(
+            &self.root,
+            place.dir.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            0,
+        )
+        .map_err(|e| Error::io(Op::Commit, &*place.path, e))?;
+        // Both names are single components of directories opened beneath the root: no
+        // link is followed.
+        rustix::fs::renameat(&source, place.name.as_str(), &target, to_name.as_str())
+            .map_err(|e| Error::io(Op::Commit, &*place.path, e.into()))?;
+        *place = Place {
+            dir: to_dir,
+            name: to_name,
+            path: to_path,
+        };
+        Ok(())
+    }
+}
+
+/// A committed file found by key: its read handle, its size, and its owner.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    pub(crate) file: File,
+    pub(crate) size: u64,
+    pub(crate) entry_file: EntryFile,
 }
 
 impl FileStore {
@@ -211,12 +287,7 @@ impl FileStore {
                 0o400,
             ) {
                 Ok(fd) => {
-                    let file = EntryFile {
-                        root,
-                        dir,
-                        name,
-                        path,
-                    };
+                    let file = EntryFile::new(root, dir, name, path, &fd);
                     return Ok((File::from(fd), file));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !made_dir => {
@@ -239,6 +310,87 @@ impl FileStore {
         }
     }
 
+    /// Opens the committed file of `key`, if there is one (one `openat`, see
+    /// [`crate::durable`]).
+    pub(crate) fn open_committed(&self, key: &str) -> Result<Option<Committed>> {
+        let (dir, name) = durable::committed_name(key);
+        self.open_committed_at(dir, name)
+    }
+
+    /// Opens the committed file `name` in `dir` (below the root), if it is there.
+    pub(crate) fn open_committed_at(&self, dir: String, name: String) -> Result<Option<Committed>> {
+        let Some(root) = self.root_fd(false, false)? else {
+            return Ok(None);
+        };
+        let relative = format!("{dir}/{name}");
+        let path: Arc<Path> = self.root.join(&relative).into();
+        let fd = match openat_beneath(
+            &root,
+            relative.as_str(),
+            OFlags::RDONLY | OFlags::NONBLOCK,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(Op::OpenReader, &*path, e)),
+        };
+        let stat =
+            rustix::fs::fstat(&fd).map_err(|e| Error::io(Op::OpenReader, &*path, e.into()))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            // Not ours to serve; the sweep removes it in time.
+            return Ok(None);
+        }
+        let entry_file = EntryFile::new(root, dir, name, path, &fd);
+        Ok(Some(Committed {
+            file: File::from(fd),
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+            entry_file,
+        }))
+    }
+
+    /// The names of the committed files under the root: `(directory, name)` pairs,
+    /// for adoption. Entries that are not regular files are left out.
+    pub(crate) fn committed_files(&self) -> Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        let Some(root) = self.root_fd(false, false)? else {
+            return Ok(found);
+        };
+        let top = self.root.join(durable::COMMITTED);
+        let committed = match openat_beneath(
+            &root,
+            durable::COMMITTED,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            0,
+        ) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(Error::io(Op::Walk, &top, e)),
+        };
+        for (sub, kind) in names(&committed, &top)? {
+            if kind != FileType::Directory {
+                continue;
+            }
+            let sub = String::from_utf8_lossy(sub.to_bytes()).into_owned();
+            let dir = format!("{}/{sub}", durable::COMMITTED);
+            let at = self.root.join(&dir);
+            let fd =
+                match openat_beneath(&root, dir.as_str(), OFlags::RDONLY | OFlags::DIRECTORY, 0) {
+                    Ok(fd) => fd,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(Op::Walk, &at, e)),
+                };
+            for (name, kind) in names(&fd, &at)? {
+                if kind == FileType::RegularFile {
+                    found.push((
+                        dir.clone(),
+                        String::from_utf8_lossy(name.to_bytes()).into_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes every non-directory entry under the root last modified before `cutoff`,
     /// after giving every directory owner `rwx` so nothing blocks the walk. Directories
     /// are never removed: a concurrent create may be about to use one. A missing root is
@@ -259,6 +411,41 @@ impl FileStore {
         sweep_dir(dir, &self.root, cutoff, &mut report)?;
         Ok(report)
     }
+}
+
+/// Opens `relative` below `root` for reading, without blocking, and checks that it is a
+/// regular file (a FIFO renamed over an entry file must not block a lookup).
+fn open_regular(root: &OwnedFd, relative: &str, path: &Path) -> Result<File> {
+    let fd = openat_beneath(root, relative, OFlags::RDONLY | OFlags::NONBLOCK, 0)
+        .map_err(|e| Error::io(Op::OpenReader, path, e))?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(Op::OpenReader, path, e.into()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        let err = io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
+        return Err(Error::io(Op::OpenReader, path, err));
+    }
+    Ok(File::from(fd))
+}
+
+/// The names in the directory open on `dir` (`.` and `..` left out) and their types
+/// (looked at without following links).
+fn names(dir: &OwnedFd, at: &Path) -> Result<Vec<(std::ffi::CString, FileType)>> {
+    let walk_error = |e: rustix::io::Errno| Error::io(Op::Walk, at, e.into());
+    let mut names = Vec::new();
+    let mut entries = rustix::fs::Dir::read_from(dir).map_err(walk_error)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(walk_error)?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let kind = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(walk_error(e)),
+        };
+        names.push((name.to_owned(), kind));
+    }
+    Ok(names)
 }
 
 fn mkdir_at(root: &OwnedFd, dir: &str) -> rustix::io::Result<()> {
@@ -583,10 +770,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = FileStore::new(tmp.path().to_owned());
         let (_, entry) = store.create().unwrap();
-        fs::remove_file(&**entry.path()).unwrap();
+        fs::remove_file(&*entry.path()).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &**entry.path(),
+            &*entry.path(),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
             0,

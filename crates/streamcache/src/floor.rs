@@ -23,6 +23,10 @@ pub(crate) struct Floor {
     /// cache with a budget or a free-space guard) needs it; the others pay nothing.
     tracked: bool,
     marks: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The bytes below this may be gone from the file (a transient entry released
+    /// them); raised under the marks' lock, so a reader that seeks back below it is
+    /// refused rather than served holes.
+    released: AtomicU64,
     /// Someone waits in [`Floor::wait_above`]: readers that move must wake it.
     waiting: AtomicBool,
     moved: Condvar,
@@ -60,10 +64,24 @@ impl Floor {
     }
 
     /// The lowest position of an open reader; `None` if no reader is open.
+    #[cfg(test)]
     pub(crate) fn lowest(&self) -> Option<u64> {
         let mut marks = lock(&self.marks);
         marks.retain(|m| m.load(SeqCst) != CLOSED);
         marks.iter().map(|m| m.load(SeqCst)).min()
+    }
+
+    /// Claims the release of the file below `bound(lowest)`, where `lowest` is the
+    /// slowest open reader's position; returns that bound, or `None` if no reader is
+    /// open. Under the marks' lock, so a reader seeking back either moved its mark
+    /// first (and `lowest` counts it) or sees the claim and is refused.
+    pub(crate) fn claim_release(&self, bound: impl FnOnce(u64) -> u64) -> Option<u64> {
+        let mut marks = lock(&self.marks);
+        marks.retain(|m| m.load(SeqCst) != CLOSED);
+        let lowest = marks.iter().map(|m| m.load(SeqCst)).min()?;
+        let to = bound(lowest);
+        self.released.fetch_max(to, SeqCst);
+        Some(to)
     }
 
     /// Waits until every open reader is past `position`, and returns the lowest
@@ -101,6 +119,20 @@ impl Mark {
             mark.store(position, SeqCst);
             floor.moved();
         }
+    }
+
+    /// This reader moves back to `position`, unless the bytes there may have been
+    /// released (see [`Floor::claim_release`]): then it stays and this returns false.
+    pub(crate) fn set_back(&self, position: u64, floor: &Floor) -> bool {
+        let Some(mark) = &self.position else {
+            return true;
+        };
+        let _marks = lock(&floor.marks);
+        if position < floor.released.load(SeqCst) {
+            return false;
+        }
+        mark.store(position, SeqCst);
+        true
     }
 
     /// This reader has closed.

@@ -111,6 +111,26 @@
 //! (`fallocate(FALLOC_FL_PUNCH_HOLE)`), and holds its producer back to its slowest
 //! reader. Every reader gets every byte; lack of room never fails a caller.
 //!
+//! # Durable entries
+//!
+//! With [`Config::durable`], a finished entry outlives its process: its digest
+//! (BLAKE3) is computed as it is written, and when the producer succeeds the entry is
+//! *committed*, with a record of its key, length, digest and creation time after its
+//! bytes, under a name made from its key, in one `rename(2)`. A cache started later on
+//! the directory adopts the committed entries in the background ([`Cache::wait_adopted`]
+//! waits for that), and a lookup that misses the index opens its key's committed file
+//! directly, so processes sharing a directory serve each other's finished entries.
+//! Nothing is served that does not match its digest: a truncated, altered or
+//! uncommitted file is a miss, and is removed. Entries being written stay private to
+//! their process. `docs/ARCHITECTURE.md` gives the format and the protocol.
+//!
+//! # Seeking
+//!
+//! [`Stream`] implements [`std::io::Seek`] (and `tokio::io::AsyncSeek`), also into an
+//! entry still being written: a position the producer has not reached is waited for by
+//! the next read, and seeking from the end works once the entry is complete. That is
+//! what an HTTP front end needs for `Range` requests and resumed downloads.
+//!
 //! # Admission
 //!
 //! With [`Config::min_occurrences`] = n (default 1), a key is cached only from its
@@ -147,6 +167,10 @@
 //! * **Async readers** (`tokio` feature) and **zero copy** with `splice(2)` as well as
 //!   `sendfile(2)`.
 //! * **Errors print each cause once**: `Display` says what failed, `source()` why.
+//! * **Durable, verified entries** ([`Config::durable`]): the reference never reuses a
+//!   file after a restart because it cannot know the file is whole; a committed entry
+//!   carries its digest, and nothing that does not match it is served.
+//! * **Seekable streams**, into entries still being written.
 //! * **A disk budget and a free-space guard** ([`Config::max_disk_bytes`],
 //!   [`Config::min_free_bytes`]) that hold while entries of unknown size are written;
 //!   the reference is bounded by age alone. Lack of room bypasses the cache or makes an
@@ -196,6 +220,7 @@ mod cache;
 mod config;
 mod cursor;
 mod direct;
+mod durable;
 mod entry;
 mod error;
 mod filestore;

@@ -18,6 +18,10 @@ pub(crate) struct Metrics {
     swept_files: AtomicU64,
     room_bypasses: AtomicU64,
     transient_entries: AtomicU64,
+    committed_entries: AtomicU64,
+    adopted_entries: AtomicU64,
+    shared_hits: AtomicU64,
+    verification_failures: AtomicU64,
 }
 
 macro_rules! adders {
@@ -39,6 +43,10 @@ adders! {
     add_sendfile_bytes => sendfile_bytes,
     add_swept_files => swept_files,
     add_room_bypasses => room_bypasses,
+    add_committed_entries => committed_entries,
+    add_adopted_entries => adopted_entries,
+    add_shared_hits => shared_hits,
+    add_verification_failures => verification_failures,
 }
 
 impl Metrics {
@@ -76,6 +84,10 @@ impl Metrics {
             swept_files: self.swept_files.load(Relaxed),
             room_bypasses: self.room_bypasses.load(Relaxed),
             transient_entries: self.transient_entries.load(Relaxed),
+            committed_entries: self.committed_entries.load(Relaxed),
+            adopted_entries: self.adopted_entries.load(Relaxed),
+            shared_hits: self.shared_hits.load(Relaxed),
+            verification_failures: self.verification_failures.load(Relaxed),
             // Filled in by the cache, which owns the budget.
             disk_budget_bytes: None,
             disk_used_bytes: 0,
@@ -131,4 +143,18 @@ pub struct Stats {
     /// Lookups that bypassed the cache because there was no room for a new entry
     /// (also counted in `bypassed`).
     pub room_bypasses: u64,
+    /// Durable entries committed: whole, with their digest, kept past this process
+    /// (see [`Config::durable`](crate::Config::durable)).
+    pub committed_entries: u64,
+    /// Committed entries found in the directory when the cache started, checked
+    /// against their digests and put in the index.
+    pub adopted_entries: u64,
+    /// Lookups that missed the index and found the key's committed file on disk,
+    /// checked it and served it: made by another process sharing the directory, or
+    /// by this cache's predecessor before the background adoption reached it. Also
+    /// counted in `hits`.
+    pub shared_hits: u64,
+    /// Committed files not served because they are damaged: truncated, altered, or
+    /// without a whole commit record. Each is removed.
+    pub verification_failures: u64,
 }

@@ -674,6 +674,20 @@ pub(crate) fn channel(backpressure: bool, lead: u64, floor: bool) -> (Sender, Ta
     )
 }
 
+/// The tap of a pipe whose producer already finished: `length` bytes, all published,
+/// the outcome a success. An entry found whole on disk (see [`crate::durable`]) is read
+/// through one.
+pub(crate) fn finished(length: u64) -> Tap {
+    let (mut sender, tap) = channel(false, 0, false);
+    // Without back pressure and before any reader, neither call can be refused; if one
+    // were, the tap would report a failed pipe, which no reader is ever served from.
+    if sender.begin_write().is_ok() {
+        sender.end_write(length);
+        let _ = sender.close();
+    }
+    tap
+}
+
 /// What both ends see: the coordination core, the producer's result, where the
 /// slowest reader is, and the bytes that are not in the file.
 #[derive(Debug)]
@@ -799,9 +813,11 @@ impl Sender {
         self.shared.recent.put(start, bytes);
     }
 
-    /// Where the slowest open reader is; `None` once every reader left.
-    pub(crate) fn slowest(&self) -> Option<u64> {
-        self.shared.floor.lowest()
+    /// Claims the release of the file below `bound(slowest reader's position)` and
+    /// returns that bound; `None` once every reader left. Readers that seek back below
+    /// a claimed bound are refused (see [`Receiver::seek`]).
+    pub(crate) fn claim_release(&self, bound: impl FnOnce(u64) -> u64) -> Option<u64> {
+        self.shared.floor.claim_release(bound)
     }
 
     /// Waits until the slowest open reader is past `position` and returns where it is;
@@ -918,6 +934,30 @@ impl Receiver {
             recent.join();
         }
         recent.copy(self.position, end, buf, &mut self.hint)
+    }
+
+    /// Bytes the writer has published so far (all of them once it closed).
+    pub(crate) fn published(&self) -> u64 {
+        self.shared.core.written.position()
+    }
+
+    /// Moves this reader to `position`, before or past the bytes published. Moving
+    /// forward counts as reading what it skips: the writer, which waits for the fastest
+    /// reader, may go on, and a transient entry may release the skipped bytes. A
+    /// position not yet written is waited for by the next read. Moving back is refused
+    /// (false, nothing changes) where a transient entry may have released the bytes.
+    pub(crate) fn seek(&mut self, position: u64) -> bool {
+        if position < self.position {
+            if !self.mark.set_back(position, &self.shared.floor) {
+                return false;
+            }
+            self.position = position;
+        } else if position > self.position {
+            self.position = position;
+            self.shared.core.advance(position);
+            self.mark.set(position, &self.shared.floor);
+        }
+        true
     }
 
     /// Records that this reader consumed `n` more bytes. This is where a reader's

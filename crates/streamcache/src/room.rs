@@ -124,6 +124,23 @@ impl Room {
         }
     }
 
+    /// Whether the entry turned transient (its file no longer holds all its bytes).
+    pub(crate) fn is_transient(&self) -> bool {
+        self.transient
+    }
+
+    /// Room for `extra` bytes after the `written` ones (a durable entry's commit
+    /// record), growing the footprint if needed. False if the budget has none, or the
+    /// entry is transient; nothing changes then.
+    pub(crate) fn reserve_tail(&mut self, written: u64, extra: u64) -> bool {
+        if self.transient {
+            return false;
+        }
+        let held = self.footprint.held();
+        let needed = pages(written + extra) - self.released;
+        needed <= held || self.footprint.grow(needed - held)
+    }
+
     /// The file now holds `written` bytes.
     pub(crate) fn wrote(&self, written: u64) {
         self.footprint
@@ -169,10 +186,9 @@ impl Room {
         path: &std::path::Path,
         written: u64,
     ) -> Result<bool> {
-        let Some(lowest) = sender.slowest() else {
+        let Some(to) = sender.claim_release(|lowest| lowest.min(written) / PAGE * PAGE) else {
             return Err(Error::ReadersGone);
         };
-        let to = lowest.min(written) / PAGE * PAGE;
         if to <= self.released {
             return Ok(false);
         }

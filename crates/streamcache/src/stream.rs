@@ -38,6 +38,24 @@ const TASK_STREAK: u64 = 1 << 20;
 /// Buffer size of the plain copy loop of a bypass stream.
 const COPY_BUFFER: usize = 64 << 10;
 
+/// Where a seek goes: [`io::SeekFrom`], checked against the stream's kind.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Start(u64),
+    Current(i64),
+    End(i64),
+}
+
+impl From<io::SeekFrom> for Target {
+    fn from(from: io::SeekFrom) -> Target {
+        match from {
+            io::SeekFrom::Start(offset) => Target::Start(offset),
+            io::SeekFrom::Current(delta) => Target::Current(delta),
+            io::SeekFrom::End(delta) => Target::End(delta),
+        }
+    }
+}
+
 /// A stream of one entry's bytes, plus the producer's result.
 ///
 /// Read it with [`std::io::Read`] (or [`tokio::io::AsyncRead`] with the `tokio` feature),
@@ -49,12 +67,43 @@ const COPY_BUFFER: usize = 64 << 10;
 ///
 /// Dropping the stream closes the reader. If it was the last reader of an entry still
 /// being produced, the producer's next write fails and the entry is abandoned.
+///
+/// # Seeking
+///
+/// A stream implements [`std::io::Seek`] (and `tokio::io::AsyncSeek`), for `Range`
+/// requests and resumed downloads, also into an entry still being made:
+///
+/// * `SeekFrom::Start` and `SeekFrom::Current` go anywhere at or after byte 0. A
+///   position the producer has not reached yet is waited for by the next read.
+///   Seeking forward counts as reading the bytes skipped: with back pressure, the
+///   producer goes on as if this reader had read them.
+/// * `SeekFrom::End` works once the entry is complete; while it is being written the
+///   seek fails with [`io::ErrorKind::WouldBlock`] ("its length is not known yet"),
+///   and after a failed producer it returns the producer's error.
+/// * A read at a position past the end of a finished entry fails with
+///   [`io::ErrorKind::InvalidInput`] (it is never a silent end of file).
+/// * An entry that ran out of room under a disk budget and turned transient releases
+///   what every reader passed: a seek back into released bytes fails.
+/// * A stream that bypasses the cache ([`Lookup::Bypass`](crate::Lookup::Bypass))
+///   reads from its producer directly: it seeks forward by skipping bytes on its next
+///   reads and cannot seek back.
+///
+/// [`Stream::send_to`] sends from the current position.
 #[derive(Debug)]
 pub struct Stream {
     source: Source,
     outcome: Arc<Waiter>,
     metrics: Arc<Metrics>,
+    /// Bytes delivered to the caller (the served-bytes metric).
     served: u64,
+    /// A bypass stream's position: bytes read from its producer plus those still to
+    /// skip.
+    direct_position: u64,
+    /// Bytes a bypass stream skips before its next read delivers anything.
+    skip: u64,
+    /// The result of the seek started by `AsyncSeek::start_seek`.
+    #[cfg(feature = "tokio")]
+    seeked: Option<io::Result<u64>>,
 }
 
 #[derive(Debug)]
@@ -89,7 +138,7 @@ impl EntryReader {
             return Ok(0);
         }
         match self.rx.wait_readable() {
-            Readable::End => Ok(0),
+            Readable::End => self.at_end().map(|()| 0).map_err(Into::into),
             Readable::Failed => Err(self.rx.failure().into()),
             Readable::Until(end) => self.pread_available(buf, end),
         }
@@ -120,7 +169,7 @@ impl EntryReader {
             }
         };
         match readable {
-            Readable::End => Poll::Ready(Ok(0)),
+            Readable::End => Poll::Ready(self.at_end().map(|()| 0).map_err(Into::into)),
             Readable::Failed => Poll::Ready(Err(self.rx.failure().into())),
             Readable::Until(end) => {
                 let read = self.pread_available(buf, end);
@@ -192,6 +241,59 @@ impl EntryReader {
         }
     }
 
+    /// The producer finished and this reader is at or past its last byte: the end of
+    /// the stream, or, past it (a seek beyond the end), an error that says so.
+    pub(crate) fn at_end(&self) -> Result<()> {
+        let (position, length) = (self.rx.position(), self.rx.published());
+        if position <= length {
+            return Ok(());
+        }
+        let err = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("read at byte {position}, past the end of the entry ({length} bytes)"),
+        );
+        Err(Error::io(Op::Read, &*self.path, err))
+    }
+
+    /// Moves to `target` (see [`Stream`]'s `Seek`).
+    fn seek(&mut self, target: Target) -> io::Result<u64> {
+        let (base, delta) = match target {
+            Target::Start(offset) => return self.seek_to(offset),
+            Target::Current(delta) => (self.rx.position(), delta),
+            Target::End(delta) => match self.rx.outcome().get() {
+                Some(Ok(())) => (self.rx.published(), delta),
+                Some(Err(err)) => return Err(err.into()),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "cannot seek from the end: the entry is still being written, its length is not known yet",
+                    ))
+                }
+            },
+        };
+        match base.checked_add_signed(delta) {
+            Some(position) => self.seek_to(position),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot seek to byte {base} {delta:+}: before the start of the stream"),
+            )),
+        }
+    }
+
+    fn seek_to(&mut self, position: u64) -> io::Result<u64> {
+        if self.rx.seek(position) {
+            // A map holds one stretch of the file; the next copy finds the right one.
+            Ok(position)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot seek back to byte {position}: the entry ran out of room on disk and released the bytes every reader had passed"
+                ),
+            ))
+        }
+    }
+
     /// The file held fewer bytes than the writer had published: someone truncated it.
     pub(crate) fn file_too_short(&self) -> Error {
         let err = io::Error::new(
@@ -222,6 +324,10 @@ impl Stream {
             }),
             metrics,
             served: 0,
+            direct_position: 0,
+            skip: 0,
+            #[cfg(feature = "tokio")]
+            seeked: None,
         }
     }
 
@@ -231,6 +337,10 @@ impl Stream {
             source: Source::Direct(reader),
             metrics,
             served: 0,
+            direct_position: 0,
+            skip: 0,
+            #[cfg(feature = "tokio")]
+            seeked: None,
         }
     }
 
@@ -265,9 +375,55 @@ impl Stream {
         }
     }
 
-    /// Bytes this stream has delivered so far.
+    /// Where the next read starts: the bytes delivered so far, unless the stream
+    /// seeked.
     pub fn position(&self) -> u64 {
-        self.served
+        match &self.source {
+            Source::Entry(reader) => reader.rx.position(),
+            Source::Direct(_) => self.direct_position,
+        }
+    }
+
+    /// Moves a bypass stream: forward by skipping, never back.
+    fn seek_direct(&mut self, target: Target) -> io::Result<u64> {
+        let here = self.direct_position;
+        let position = match target {
+            Target::Start(offset) => Some(offset),
+            Target::Current(delta) => here.checked_add_signed(delta),
+            Target::End(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "cannot seek from the end: this stream bypasses the cache and its length is not known",
+                ))
+            }
+        };
+        match position {
+            Some(position) if position >= here => {
+                self.skip += position - here;
+                self.direct_position = position;
+                Ok(position)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("cannot seek back from byte {here}: this stream bypasses the cache and reads its producer's output once"),
+            )),
+        }
+    }
+
+    /// Skips what a bypass stream's seek passed over, reading into `buf`. Returns
+    /// false at the end of the stream.
+    fn skip_direct(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        while self.skip > 0 {
+            let Source::Direct(reader) = &mut self.source else {
+                return Ok(true);
+            };
+            let want = usize::try_from(self.skip).map_or(buf.len(), |s| s.min(buf.len()));
+            match reader.read(&mut buf[..want])? {
+                0 => return Ok(false),
+                n => self.skip -= n as u64,
+            }
+        }
+        Ok(true)
     }
 
     /// Copies the rest of the stream into `dst`, a socket, pipe or file, and returns the
@@ -311,12 +467,59 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.skip > 0 && !buf.is_empty() && !self.skip_direct(buf)? {
+            return Err(past_the_end(self.direct_position, self.skip));
+        }
         let n = match &mut self.source {
             Source::Entry(reader) => reader.read(buf)?,
-            Source::Direct(reader) => reader.read(buf)?,
+            Source::Direct(reader) => {
+                let n = reader.read(buf)?;
+                self.direct_position += n as u64;
+                n
+            }
         };
         self.served += n as u64;
         Ok(n)
+    }
+}
+
+/// A bypass stream ended `skip` bytes short of the position it seeked to.
+fn past_the_end(position: u64, skip: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "read at byte {position}, past the end of the stream ({} bytes)",
+            position - skip
+        ),
+    )
+}
+
+impl io::Seek for Stream {
+    /// See [`Stream`]'s "Seeking".
+    fn seek(&mut self, from: io::SeekFrom) -> io::Result<u64> {
+        match &mut self.source {
+            Source::Entry(reader) => reader.seek(from.into()),
+            Source::Direct(_) => self.seek_direct(from.into()),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncSeek for Stream {
+    /// Seeks at once (a seek never waits; the next read waits for the bytes).
+    fn start_seek(self: std::pin::Pin<&mut Self>, from: io::SeekFrom) -> io::Result<()> {
+        let this = self.get_mut();
+        let result = io::Seek::seek(this, from);
+        this.seeked = Some(result);
+        Ok(())
+    }
+
+    fn poll_complete(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<u64>> {
+        let this = self.get_mut();
+        std::task::Poll::Ready(this.seeked.take().unwrap_or_else(|| Ok(this.position())))
     }
 }
 
@@ -335,10 +538,31 @@ impl tokio::io::AsyncRead for Stream {
     ) -> std::task::Poll<io::Result<()>> {
         let this = self.get_mut();
         let unfilled = buf.initialize_unfilled();
+        if unfilled.is_empty() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        while this.skip > 0 {
+            let Source::Direct(reader) = &mut this.source else {
+                break;
+            };
+            let want = usize::try_from(this.skip).map_or(unfilled.len(), |s| s.min(unfilled.len()));
+            match std::task::ready!(reader.poll_read(cx, &mut unfilled[..want]))? {
+                0 => {
+                    return std::task::Poll::Ready(Err(past_the_end(
+                        this.direct_position,
+                        this.skip,
+                    )))
+                }
+                n => this.skip -= n as u64,
+            }
+        }
         let n = std::task::ready!(match &mut this.source {
             Source::Entry(reader) => reader.poll_read(cx, unfilled),
             Source::Direct(reader) => reader.poll_read(cx, unfilled),
         })?;
+        if let Source::Direct(_) = this.source {
+            this.direct_position += n as u64;
+        }
         buf.advance(n);
         this.served += n as u64;
         std::task::Poll::Ready(Ok(()))

@@ -7,7 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::direct::Sink;
-use crate::error::{Error, Op, Result};
+use crate::durable::Digest;
+use crate::error::{Chain, Error, Op, Result};
+use crate::filestore::EntryFile;
+use crate::metrics::Metrics;
 use crate::pipe::Sender;
 use crate::room::Room;
 
@@ -52,6 +55,11 @@ enum Inner {
         /// The file system is full and the entry holds nothing to free: its bytes go
         /// to its readers through memory, piece by piece (see [`crate::room`]).
         passing: bool,
+        /// A durable entry's digest so far and its file, to commit when the producer
+        /// succeeds (see [`crate::durable`]); dropped when the file stops holding every
+        /// byte (a transient or passing entry is never committed). Boxed: the hasher's
+        /// state is two KiB.
+        durable: Option<Box<Durable>>,
         #[cfg(test)]
         close_fault: Option<io::ErrorKind>,
     },
@@ -59,8 +67,22 @@ enum Inner {
     Direct(Sink),
 }
 
+/// What commits a durable entry.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    pub(crate) digest: Digest,
+    pub(crate) file: Arc<EntryFile>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
 impl Writer {
-    pub(crate) fn entry(sender: Sender, file: File, path: Arc<Path>, room: Option<Room>) -> Writer {
+    pub(crate) fn entry(
+        sender: Sender,
+        file: File,
+        path: Arc<Path>,
+        room: Option<Room>,
+        durable: Option<Durable>,
+    ) -> Writer {
         Writer {
             inner: Inner::Entry {
                 sender,
@@ -69,6 +91,7 @@ impl Writer {
                 failure: None,
                 room,
                 passing: false,
+                durable: durable.map(Box::new),
                 #[cfg(test)]
                 close_fault: None,
             },
@@ -104,6 +127,9 @@ impl Writer {
     }
 
     /// The producer returned `Ok`: closes the file and publishes the end of the entry.
+    /// A durable entry is committed first (its record appended, its file renamed), so
+    /// that a reader who sees the end finds it committed; a commit that fails leaves an
+    /// entry that is served but not kept past this process.
     /// On an error nothing is published; the caller fails the writer with it.
     pub(crate) fn close(&mut self) -> Result<()> {
         match &mut self.inner {
@@ -112,12 +138,36 @@ impl Writer {
                 file,
                 failure,
                 room,
+                passing,
+                durable,
+                path,
                 #[cfg(test)]
                 close_fault,
-                #[cfg(test)]
-                path,
                 ..
             } => {
+                let mut durable = durable.take().filter(|_| !*passing && failure.is_none());
+                if let (Some(commit), Some(handle)) = (durable.as_ref(), file.as_ref()) {
+                    let record = commit.digest.record(self.written);
+                    let len = record.len() as u64;
+                    let fits = room
+                        .as_mut()
+                        .is_none_or(|room| room.reserve_tail(self.written, len));
+                    let appended = fits
+                        && {
+                            let wrote = handle.write_all_at(&record, self.written);
+                            if let Err(e) = &wrote {
+                                tracing::warn!(path = %path.display(), error = %e, "streamcache: commit record not written; the entry is not kept past this process");
+                            }
+                            wrote.is_ok()
+                        };
+                    if appended {
+                        if let Some(room) = room {
+                            room.wrote(self.written + len);
+                        }
+                    } else {
+                        durable = None;
+                    }
+                }
                 // The file is closed first, as the reference does, then the pipe decides.
                 drop(file.take());
                 if let Some(room) = room {
@@ -130,6 +180,19 @@ impl Writer {
                 }
                 if let Some(err) = failure {
                     return Err(err.clone());
+                }
+                if let Some(commit) = durable {
+                    match commit.file.commit(commit.digest.key()) {
+                        Ok(()) => commit.metrics.add_committed_entries(1),
+                        // Its name went while it was written (expired, or the directory
+                        // was wiped): nothing to keep.
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                            tracing::debug!(error = %Chain(&err), "streamcache: entry not committed");
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %Chain(&err), "streamcache: entry not committed; it is not kept past this process");
+                        }
+                    }
                 }
                 sender.close()
             }
@@ -179,6 +242,7 @@ impl Write for Writer {
                 failure,
                 room,
                 passing,
+                durable,
                 ..
             } => {
                 if let Some(err) = failure {
@@ -231,6 +295,7 @@ impl Write for Writer {
                         if let (true, Some(room)) = (full, room.as_mut()) {
                             // Nothing on disk to free: pass the bytes through memory.
                             *passing = !room.out_of_space(self.written);
+                            *durable = None;
                             continue;
                         }
                         // The part of this piece that did reach the file is not
@@ -247,6 +312,14 @@ impl Write for Writer {
                         room.wrote(self.written);
                     }
                     sender.end_write(self.written);
+                    // After publishing: the readers copy these bytes while they are hashed.
+                    if let Some(commit) = durable {
+                        if room.as_ref().is_some_and(Room::is_transient) {
+                            *durable = None;
+                        } else {
+                            commit.digest.update(&rest[..n]);
+                        }
+                    }
                     rest = &rest[n..];
                 }
                 Ok(buf.len())

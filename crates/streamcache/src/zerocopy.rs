@@ -158,7 +158,7 @@ pub(crate) fn send_entry(
             }
         };
         let end = match readable {
-            Readable::End => return Ok(()),
+            Readable::End => return reader.at_end(),
             Readable::Failed => return Err(reader.rx.failure()),
             Readable::Until(end) => end,
         };

@@ -151,8 +151,8 @@ fn a_file_that_cannot_be_written_fails_the_fetch_with_a_write_error(backpressure
         Box::new(|store: &FileStore| {
             let (writable, entry) = store.create()?;
             drop(writable);
-            let read_only = File::open(&**entry.path())
-                .map_err(|e| Error::io(Op::Create, &**entry.path(), e))?;
+            let read_only =
+                File::open(&*entry.path()).map_err(|e| Error::io(Op::Create, &*entry.path(), e))?;
             Ok((read_only, entry))
         }),
     );

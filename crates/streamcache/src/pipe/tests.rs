@@ -67,7 +67,7 @@ fn fixture(backpressure: bool) -> Fixture {
         path: path.clone().into(),
     });
     let reader = open(&pipe).unwrap();
-    let writer = Writer::entry(sender, file, Arc::clone(&pipe.path), None);
+    let writer = Writer::entry(sender, file, Arc::clone(&pipe.path), None, None);
     Fixture {
         _dir: dir,
         path,

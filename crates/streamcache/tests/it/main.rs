@@ -7,12 +7,14 @@ mod asynchronous;
 mod budget;
 mod cache;
 mod disk_full;
+mod durable;
 mod empty_read;
 mod hostile;
 #[cfg(feature = "testing")]
 mod logging;
 mod memory;
 mod props;
+mod seek;
 mod send_sync;
 mod sendfile;
 mod support;
