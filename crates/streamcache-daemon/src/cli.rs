@@ -62,6 +62,15 @@ struct ServeArgs {
     /// fastest reader.
     #[arg(long)]
     no_backpressure: bool,
+    /// Keep finished entries for this process only: a restarted daemon starts cold
+    /// (by default entries are committed with a digest and adopted after a restart).
+    #[arg(long)]
+    no_durable: bool,
+    /// Take over from a daemon of ours already serving on the socket: bind beside it,
+    /// move our socket over its path, then tell it to finish its streams and exit (a
+    /// restart that breaks no clone; SIGHUP makes the running daemon start this itself).
+    #[arg(long)]
+    replace: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9236).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
@@ -69,7 +78,7 @@ struct ServeArgs {
     /// the default list [default: git:pack-objects].
     #[arg(long, value_name = "PROGRAM[:SUBCOMMAND]")]
     allow: Vec<String>,
-    /// On SIGTERM/SIGINT, how long streams in flight may finish [default: 30s].
+    /// On SIGTERM/SIGINT, how long streams in flight may finish [default: 1h].
     #[arg(long, value_name = "DURATION")]
     grace: Option<String>,
     /// Kill a command that runs longer than this; 0 for no limit [default: no limit].
@@ -231,6 +240,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_age: args.max_age,
         min_occurrences: args.min_occurrences,
         no_backpressure: args.no_backpressure,
+        no_durable: args.no_durable,
+        replace: args.replace,
         metrics_listen: args.metrics_listen,
         allow: args.allow,
         grace: args.grace,

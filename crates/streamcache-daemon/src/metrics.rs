@@ -73,6 +73,10 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
         m("streamcache_disk_min_free_bytes", "gauge", "The free-space guard: bytes the cache leaves free on its file system (min_free, resolved at start).", min_free),
         m("streamcache_transient_entries", "gauge", "Entries that outgrew the room they could get and stream to their readers only, releasing what all have read.", s.transient_entries),
         m("streamcache_room_bypasses_total", "counter", "Lookups that ran their command outside the cache for want of room under the budget or the guard (also in bypassed).", s.room_bypasses),
+        m("streamcache_committed_entries_total", "counter", "Durable entries committed: whole, with their digest, kept across restarts.", s.committed_entries),
+        m("streamcache_adopted_entries_total", "counter", "Committed entries found at start, checked against their digests and served.", s.adopted_entries),
+        m("streamcache_shared_hits_total", "counter", "Lookups served from a committed file this daemon did not have in its index (another process's, or its predecessor's not yet adopted); also in hits.", s.shared_hits),
+        m("streamcache_verification_failures_total", "counter", "Committed files refused and removed because they were truncated, altered or had no whole commit record.", s.verification_failures),
     ]);
     let queue = daemon.queue.as_deref();
     all.extend([
@@ -175,6 +179,7 @@ pub(crate) fn stats_text(daemon: &Daemon) -> String {
     let _ = writeln!(out, "max_age={}", humantime::format_duration(cfg.max_age));
     let _ = writeln!(out, "min_occurrences={}", cfg.min_occurrences);
     let _ = writeln!(out, "backpressure={}", cfg.backpressure);
+    let _ = writeln!(out, "durable={}", cfg.durable);
     let _ = writeln!(out, "allow={}", cfg.allow);
     let none = |n: Option<usize>| n.map_or_else(|| "none".to_owned(), |n| n.to_string());
     let _ = writeln!(
@@ -310,6 +315,17 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
                 "{} transient entries now, {} bypasses for room",
                 num("transient_entries"),
                 num("room_bypasses_total")
+            ),
+        ),
+        (
+            "durable",
+            format!(
+                "{}; {} committed, {} adopted at start, {} shared hits, {} verification failures",
+                get("durable"),
+                num("committed_entries_total"),
+                num("adopted_entries_total"),
+                num("shared_hits_total"),
+                num("verification_failures_total")
             ),
         ),
         ("generated", bytes(num("generated_bytes_total"))),

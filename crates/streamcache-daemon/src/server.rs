@@ -26,7 +26,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rustix::event::{poll, PollFd, PollFlags};
@@ -43,7 +43,7 @@ use crate::scrape;
 use crate::settings::ServeSettings;
 use crate::socket;
 use crate::spill::Spill;
-use crate::state::Daemon;
+use crate::state::{Daemon, InFlight};
 use crate::wire::error::WireError;
 use crate::wire::frame::{frame, read_frame, write_frame, Kind};
 use crate::wire::reply::{encode_response, encode_trailer, Status};
@@ -70,13 +70,22 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let signal_tx = Arc::new(signal_tx);
     // A second signal, once stopping has begun, ends the process at once.
     let stopping = Arc::new(AtomicBool::new(false));
+    let signals = Signals::default();
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stopping))
+            .context("cannot install signal handlers")?;
+        signal_hook::flag::register(signal, Arc::clone(&signals.stop))
             .context("cannot install signal handlers")?;
         signal_hook::low_level::pipe::register(signal, signal_tx.try_clone()?)
             .context("cannot install signal handlers")?;
     }
-    let bound = socket::bind(&settings.socket)?;
+    // SIGHUP: start a successor that takes over (see `Successor`).
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&signals.replace))
+        .context("cannot install signal handlers")?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, signal_tx.try_clone()?)
+        .context("cannot install signal handlers")?;
+    let successor = Successor::of_this_process();
+    let (bound, predecessor) = socket::bind_or_replace(&settings.socket, settings.replace)?;
     let min_free = settings.min_free.bytes_on(&settings.entries_dir())?;
     log_disk_limits(&settings, min_free);
     let cache = Cache::new(settings.cache_config(min_free)).context("cannot start the cache")?;
@@ -108,6 +117,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         max_age = %humantime::format_duration(s.max_age),
         min_occurrences = s.min_occurrences,
         backpressure = s.backpressure,
+        durable = s.durable,
         max_lead = s.max_lead,
         max_commands = %limit(s.commands.max_commands),
         max_commands_per_dir = %limit(s.commands.max_commands_per_dir),
@@ -119,7 +129,24 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         "READY=1\nSTATUS={status}\nMAINPID={}",
         std::process::id()
     ));
-    let result = accept_loop(&daemon, &bound, &signal_rx, &mut spare);
+    if let Some(pid) = predecessor {
+        // Serving now: the daemon before us finishes its streams and exits.
+        match rustix::process::Pid::from_raw(pid) {
+            Some(pid) => match rustix::process::kill_process(pid, Signal::TERM) {
+                Ok(()) => tracing::info!(
+                    predecessor = pid.as_raw_nonzero().get(),
+                    "told the daemon before us to finish its streams and exit"
+                ),
+                Err(e) => {
+                    tracing::warn!(predecessor = pid.as_raw_nonzero().get(), error = %e, "cannot tell the daemon before us to stop")
+                }
+            },
+            None => tracing::warn!(predecessor = pid, "the daemon before us has no valid pid"),
+        }
+    }
+    let result = accept_loop(
+        &daemon, &bound, &signal_rx, &signals, &successor, &mut spare,
+    );
     stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     bound.remove_file();
     drop(bound);
@@ -162,10 +189,63 @@ fn log_disk_limits(settings: &ServeSettings, min_free: u64) {
     }
 }
 
+/// What the signal handlers raised: stop (SIGTERM, SIGINT), or start a successor
+/// (SIGHUP).
+#[derive(Debug, Default)]
+struct Signals {
+    stop: Arc<AtomicBool>,
+    replace: Arc<AtomicBool>,
+}
+
+/// How to start this daemon again as a successor that takes over from it (`serve
+/// --replace`): the path this process was started from (read at start, so that a
+/// binary upgraded in place since is the one started) and its arguments.
+#[derive(Debug)]
+struct Successor {
+    exe: Option<std::path::PathBuf>,
+    args: Vec<OsString>,
+}
+
+impl Successor {
+    fn of_this_process() -> Successor {
+        let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        if !args.iter().any(|a| a == "--replace") {
+            args.push("--replace".into());
+        }
+        Successor {
+            exe: std::env::current_exe().ok(),
+            args,
+        }
+    }
+
+    /// Starts the successor. It binds a socket beside ours, renames it over the path,
+    /// and sends us SIGTERM once it serves; we then finish our streams and exit.
+    fn start(&self) {
+        let Some(exe) = &self.exe else {
+            tracing::error!("SIGHUP: cannot start a successor: this binary's path is unknown");
+            return;
+        };
+        match std::process::Command::new(exe).args(&self.args).spawn() {
+            Ok(child) => tracing::info!(
+                exe = %exe.display(),
+                successor = child.id(),
+                "SIGHUP: started a successor; it takes the socket over and then stops us"
+            ),
+            Err(e) => tracing::error!(
+                exe = %exe.display(),
+                error = %e,
+                "SIGHUP: cannot start a successor; serving on"
+            ),
+        }
+    }
+}
+
 fn accept_loop(
     daemon: &Arc<Daemon>,
     bound: &socket::Bound,
     signals: &UnixStream,
+    raised: &Signals,
+    successor: &Successor,
     spare: &mut Spare,
 ) -> anyhow::Result<()> {
     bound.listener.set_nonblocking(true)?;
@@ -188,8 +268,25 @@ fn accept_loop(
             (!fds[0].revents().is_empty(), !fds[1].revents().is_empty())
         };
         if signal_ready {
-            tracing::info!("signal received: no longer accepting connections");
-            return Ok(());
+            let mut drained = [0u8; 64];
+            while matches!(rustix::io::read(signals, &mut drained), Ok(n) if n > 0) {}
+            if raised.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // Clients that connected before the signal (or before a successor took
+                // the path over) are served, not dropped.
+                let waiting = accept_waiting(daemon, bound);
+                tracing::info!(
+                    accepted_after_signal = waiting,
+                    "signal received: no longer accepting connections"
+                );
+                return Ok(());
+            }
+            if raised
+                .replace
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                successor.start();
+            }
+            continue;
         }
         if !listen_ready {
             continue;
@@ -222,6 +319,16 @@ fn accept_loop(
             }
         }
     }
+}
+
+/// Accepts and serves the clients already waiting in the listen queue. Returns how many.
+fn accept_waiting(daemon: &Arc<Daemon>, bound: &socket::Bound) -> usize {
+    let mut accepted = 0;
+    while let Ok((stream, _)) = bound.listener.accept() {
+        spawn_connection(daemon, stream);
+        accepted += 1;
+    }
+    accepted
 }
 
 /// How long the accept loop waits before it tries again after a failed `accept`.
@@ -342,6 +449,16 @@ fn shutdown(daemon: &Daemon) {
             children = daemon.children.running(),
             "grace period over: stopping what is left"
         );
+        for cut in daemon.requests_in_flight() {
+            tracing::warn!(
+                pid = cut.pid,
+                program = cut.program,
+                cwd = cut.cwd,
+                key = cut.key,
+                running = %humantime::format_duration(Duration::from_secs(cut.started.elapsed().as_secs())),
+                "request cut at the end of the grace period: its client gets no complete reply"
+            );
+        }
         daemon.children.signal_all(Signal::KILL);
     }
     daemon.cache.stop();
@@ -475,6 +592,13 @@ fn serve_request(
     };
     let span = tracing::info_span!("request", pid, key = &key[..16]);
     let _enter = span.enter();
+    let _in_flight = daemon.in_flight(InFlight {
+        pid,
+        program: program.clone(),
+        cwd: job.cwd.display().to_string(),
+        key: key[..16].to_owned(),
+        started: Instant::now(),
+    });
     let (mut entry, lookup) = match daemon.cache.lookup(&key, move |w| job.run(w)) {
         Ok(found) => found,
         Err(e) => {

@@ -29,8 +29,9 @@ pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are turned away (the clients run their commands
 /// themselves). Each costs a thread and, while its request is read, up to 5 MiB.
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// How long a stopping daemon lets streams in flight finish.
-pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// How long a stopping daemon lets streams in flight finish: long, because a full clone
+/// of a large repository takes minutes, and a restart must break none.
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(60 * 60);
 /// The free-space guard a daemon starts with: keep this share of the cache's file
 /// system free. A host is protected out of the box; `min_free = 0` turns it off.
 pub(crate) const DEFAULT_MIN_FREE: MinFree = MinFree::Percent(5.0);
@@ -47,6 +48,7 @@ pub(crate) struct FileSettings {
     pub(crate) max_age: Option<String>,
     pub(crate) min_occurrences: Option<u32>,
     pub(crate) backpressure: Option<bool>,
+    pub(crate) durable: Option<bool>,
     pub(crate) metrics_listen: Option<String>,
     pub(crate) allow: Option<Vec<String>>,
     pub(crate) grace: Option<String>,
@@ -160,6 +162,9 @@ pub(crate) struct ServeFlags {
     pub(crate) max_age: Option<String>,
     pub(crate) min_occurrences: Option<u32>,
     pub(crate) no_backpressure: bool,
+    pub(crate) no_durable: bool,
+    /// Take the socket over from a live daemon (see `socket::bind_or_replace`).
+    pub(crate) replace: bool,
     pub(crate) metrics_listen: Option<String>,
     pub(crate) allow: Vec<String>,
     pub(crate) grace: Option<String>,
@@ -186,6 +191,10 @@ pub(crate) struct ServeSettings {
     pub(crate) max_age: Duration,
     pub(crate) min_occurrences: u32,
     pub(crate) backpressure: bool,
+    /// Finished entries survive restarts (see `streamcache::Config::durable`).
+    pub(crate) durable: bool,
+    /// Take the socket over from a live daemon of ours and tell it to stop.
+    pub(crate) replace: bool,
     pub(crate) metrics_listen: Option<SocketAddr>,
     pub(crate) allow: AllowList,
     pub(crate) grace: Duration,
@@ -242,6 +251,7 @@ impl ServeSettings {
         } else {
             file.backpressure.unwrap_or(true)
         };
+        let durable = !flags.no_durable && file.durable.unwrap_or(true);
         let metrics_listen = match flags.metrics_listen.or(file.metrics_listen) {
             Some(text) if !text.is_empty() => Some(
                 text.parse::<SocketAddr>()
@@ -335,6 +345,8 @@ impl ServeSettings {
             max_age,
             min_occurrences,
             backpressure,
+            durable,
+            replace: flags.replace,
             metrics_listen,
             allow,
             grace,
@@ -369,6 +381,7 @@ impl ServeSettings {
         cfg.max_disk_bytes = self.max_disk;
         cfg.min_free_bytes = min_free_bytes;
         cfg.max_lead_bytes = self.max_lead;
+        cfg.durable = self.durable;
         cfg
     }
 }

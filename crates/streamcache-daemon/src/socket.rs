@@ -74,7 +74,16 @@ pub(crate) fn prepare_dir(dir: &Path, create: bool) -> anyhow::Result<()> {
 
 /// Binds `path` with mode 0600. A socket file nobody listens on is replaced; a live
 /// daemon, or a file that is not a socket, is an error.
+#[cfg(test)]
 pub(crate) fn bind(path: &Path) -> anyhow::Result<Bound> {
+    bind_or_replace(path, false).map(|(bound, _)| bound)
+}
+
+/// [`bind`], or with `replace`, takes the path over from a live daemon of our own user
+/// without a moment in which it answers nobody: binds a fresh socket beside it and
+/// renames it over the path, so that the next client reaches us while the other daemon
+/// keeps the connections it has. Returns the other daemon's pid, to tell it to stop.
+pub(crate) fn bind_or_replace(path: &Path, replace: bool) -> anyhow::Result<(Bound, Option<i32>)> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -82,8 +91,37 @@ pub(crate) fn bind(path: &Path) -> anyhow::Result<Bound> {
     prepare_dir(parent, true)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(live) if replace => {
+                let (uid, pid) = peer(&live)
+                    .with_context(|| format!("cannot tell who listens on {}", path.display()))?;
+                if uid != rustix::process::geteuid().as_raw() {
+                    bail!(
+                        "the daemon listening on {} runs as uid {uid}, not as us: not replacing it",
+                        path.display()
+                    );
+                }
+                drop(live);
+                let beside = parent.join(format!(
+                    ".{}.{}.new",
+                    path.file_name().map_or_else(|| "socket".into(), |n| n.to_string_lossy()),
+                    std::process::id()
+                ));
+                let _ = fs::remove_file(&beside);
+                let bound = listen(&beside)?;
+                fs::rename(&beside, path).with_context(|| {
+                    format!("cannot move {} over {}", beside.display(), path.display())
+                })?;
+                tracing::info!(path = %path.display(), predecessor = pid, "took the socket over from the daemon running before");
+                return Ok((
+                    Bound {
+                        path: path.to_path_buf(),
+                        ..bound
+                    },
+                    Some(pid),
+                ));
+            }
             Ok(_) => bail!(
-                "another daemon is listening on {}; stop it first or pick another --socket",
+                "another daemon is listening on {}; stop it first, replace it (`serve --replace`), or pick another --socket",
                 path.display()
             ),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -103,6 +141,11 @@ pub(crate) fn bind(path: &Path) -> anyhow::Result<Bound> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot look at {}", path.display())),
     }
+    Ok((listen(path)?, None))
+}
+
+/// Binds and listens on `path`, which must not exist, owner-only.
+fn listen(path: &Path) -> anyhow::Result<Bound> {
     // Created owner-only from the start: no window in which others could connect.
     let old = rustix::process::umask(Mode::from_raw_mode(0o077));
     let listener = UnixListener::bind(path);

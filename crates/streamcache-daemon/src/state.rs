@@ -4,7 +4,8 @@
 //! `server` changes this state and `metrics` reads it; both depend on this module, and
 //! it depends on neither.
 
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -46,6 +47,34 @@ pub(crate) struct Daemon {
     /// stopping daemon waits on (`idle` is notified when it reaches 0).
     active: Mutex<usize>,
     idle: Condvar,
+    /// The requests being streamed now, by number, so that a daemon that stops before
+    /// they end can name each one it cuts.
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    next_request: AtomicU64,
+}
+
+/// One request being streamed: who asked for what.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight {
+    pub(crate) pid: i32,
+    pub(crate) program: String,
+    pub(crate) cwd: String,
+    /// The key's first 16 hex digits.
+    pub(crate) key: String,
+    pub(crate) started: Instant,
+}
+
+/// A request's place among those in flight; it leaves when dropped.
+#[derive(Debug)]
+pub(crate) struct InFlightGuard<'a> {
+    daemon: &'a Daemon,
+    id: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.daemon.in_flight).remove(&self.id);
+    }
 }
 
 impl Daemon {
@@ -64,7 +93,23 @@ impl Daemon {
             started: Instant::now(),
             active: Mutex::new(0),
             idle: Condvar::new(),
+            in_flight: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(0),
         }
+    }
+
+    /// Records `request` as in flight until the guard is dropped.
+    pub(crate) fn in_flight(&self, request: InFlight) -> InFlightGuard<'_> {
+        let id = self.next_request.fetch_add(1, Relaxed);
+        lock(&self.in_flight).insert(id, request);
+        InFlightGuard { daemon: self, id }
+    }
+
+    /// The requests in flight now, oldest first.
+    pub(crate) fn requests_in_flight(&self) -> Vec<InFlight> {
+        let mut requests: Vec<InFlight> = lock(&self.in_flight).values().cloned().collect();
+        requests.sort_by_key(|r| r.started);
+        requests
     }
 
     /// Takes a place among the connections served at once (`max_connections`, or fewer

@@ -261,10 +261,21 @@ fn after_the_grace_period_a_stuck_command_is_killed_and_the_daemon_exits() {
         .unwrap();
     let status = daemon.stop();
     assert!(status.success(), "{status}");
+    let log = daemon.whole_log();
+    assert!(log.contains("grace period over"), "{log}");
+    // The log names the request it cut: who asked, for what, where.
+    let cut = log
+        .lines()
+        .find(|l| l.contains("request cut at the end of the grace period"))
+        .unwrap_or_else(|| panic!("no cut request in the log:\n{log}"));
+    let pid = stuck.id();
     assert!(
-        daemon.whole_log().contains("grace period over"),
-        "{}",
-        daemon.log()
+        cut.contains("program=\"sh\"") && cut.contains("key=") && cut.contains("cwd="),
+        "{cut}"
+    );
+    assert!(
+        cut.contains(&format!("pid={pid}")),
+        "the client's pid {pid}: {cut}"
     );
     let out = stuck.wait_with_output().unwrap();
     assert!(!out.status.success(), "a cut-off stream never exits 0");

@@ -12,7 +12,7 @@ use crate::support::{
 
 /// A wrapper the hook puts in front of `git pack-objects`: it counts its runs, then
 /// becomes the command (`git pack-objects …`, found on upload-pack's `PATH`).
-fn counting_wrapper(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn counting_wrapper(dir: &Path) -> (PathBuf, PathBuf) {
     let wrapper = dir.join("count-pack-objects");
     let count = dir.join("pack-objects-runs");
     script(
@@ -25,7 +25,7 @@ fn counting_wrapper(dir: &Path) -> (PathBuf, PathBuf) {
 /// A wrapper that counts its runs, sends the first 64 KiB of the pack, then waits for
 /// a line on the `gate` FIFO before it sends the rest. Before waiting it writes a line
 /// into the `at-gate` FIFO, so the test knows pack-objects has started streaming.
-fn gated_wrapper(dir: &Path) -> Gate {
+pub(crate) fn gated_wrapper(dir: &Path) -> Gate {
     let wrapper = dir.join("gated-pack-objects");
     let count = dir.join("pack-objects-runs");
     let gate = dir.join("gate");
@@ -51,26 +51,26 @@ fn gated_wrapper(dir: &Path) -> Gate {
     }
 }
 
-struct Gate {
-    wrapper: PathBuf,
-    count: PathBuf,
+pub(crate) struct Gate {
+    pub(crate) wrapper: PathBuf,
+    pub(crate) count: PathBuf,
     gate: PathBuf,
     at_gate: PathBuf,
 }
 
 impl Gate {
     /// Blocks until the wrapper has sent its first 64 KiB and waits at the gate.
-    fn wait_until_streaming(&self) {
+    pub(crate) fn wait_until_streaming(&self) {
         let line = std::fs::read_to_string(&self.at_gate).unwrap();
         assert_eq!(line, "waiting\n");
     }
 
-    fn open(&self) {
+    pub(crate) fn open(&self) {
         std::fs::write(&self.gate, b"go\n").unwrap();
     }
 }
 
-fn clone_cmd(env: &GitEnv, extra: &[&str], src: &Path, dst: &Path) -> Command {
+pub(crate) fn clone_cmd(env: &GitEnv, extra: &[&str], src: &Path, dst: &Path) -> Command {
     let url = format!("file://{}", src.display());
     let mut cmd = env.git(["clone", "-q"]);
     cmd.args(extra)
@@ -81,7 +81,7 @@ fn clone_cmd(env: &GitEnv, extra: &[&str], src: &Path, dst: &Path) -> Command {
     cmd
 }
 
-fn finish(child: Child, what: &str) {
+pub(crate) fn finish(child: Child, what: &str) {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -92,7 +92,7 @@ fn finish(child: Child, what: &str) {
 }
 
 /// Starts `n` clones at once and waits for all of them.
-fn clone_storm(env: &GitEnv, extra: &[&str], n: usize, into: &Path) -> Vec<PathBuf> {
+pub(crate) fn clone_storm(env: &GitEnv, extra: &[&str], n: usize, into: &Path) -> Vec<PathBuf> {
     let src = &fixture().repo;
     let dsts: Vec<PathBuf> = (0..n)
         .map(|i| into.join(format!("clone-{i}.git")))

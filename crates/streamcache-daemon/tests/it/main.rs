@@ -11,5 +11,6 @@ mod faults;
 mod git;
 mod limits;
 mod load;
+mod restart;
 mod security;
 mod support;
