@@ -89,6 +89,10 @@ enum Workload {
     /// The daemon serving one finished entry to N clients, beside nginx.
     #[value(name = "w7")]
     W7,
+    /// The cost of durable entries: W1 N=1 with them off and on, and the adoption of
+    /// 10,000 committed entries.
+    #[value(name = "durable")]
+    Durable,
     /// All of the above.
     #[value(name = "all")]
     All,
@@ -268,6 +272,7 @@ pub(crate) enum Part {
     W4,
     W5,
     W7,
+    Durable,
 }
 
 impl Workload {
@@ -285,7 +290,10 @@ impl Workload {
             Workload::W4 => &[W4],
             Workload::W5 => &[W5],
             Workload::W7 => &[W7],
-            Workload::All => &[W0, W1Fanout, W1ZeroCopy, W1Rss, W1Async, W2, W3, W4, W5, W7],
+            Workload::Durable => &[Durable],
+            Workload::All => &[
+                W0, W1Fanout, W1ZeroCopy, W1Rss, W1Async, W2, W3, W4, W5, W7, Durable,
+            ],
         }
     }
 }
@@ -411,7 +419,7 @@ mod tests {
     #[test]
     fn all_selects_every_part_on_both_file_systems_with_workload_defaults() {
         let o = run("all");
-        assert_eq!(o.parts.len(), 10);
+        assert_eq!(o.parts.len(), 11);
         assert_eq!(o.w7_clients, vec![1, 16, 64, 256]);
         assert_eq!(o.fs, vec![Fs::Tmpfs, Fs::Ext4]);
         assert_eq!((o.size, o.w0_size, o.w4_size), (GIB, 4 * GIB, 256 * MIB));

@@ -17,6 +17,7 @@
 mod args;
 mod ctx;
 mod data;
+mod durable;
 mod reference;
 mod report;
 mod sys;
@@ -162,6 +163,7 @@ fn run(opts: args::Options) -> io::Result<()> {
                 Part::W4 => w4::run(&mut ctx, fs)?,
                 Part::W5 => w5::run(&mut ctx, fs)?,
                 Part::W7 => w7::run(&mut ctx, fs)?,
+                Part::Durable => durable::run(&mut ctx, fs)?,
             }
         }
     }

@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::ctx::{Ctx, Fig, Limit, Sample};
 use crate::data::{show_size, GIB};
 use crate::sys::Fs;
-use crate::workloads::{self, fanout, reference, Sink};
+use crate::workloads::{self, fanout, reference, Setup, Sink};
 
 /// What one fan-out of `size` bytes to `n` readers gives, from its wall time and its
 /// producer's time in seconds: wall, aggregate read, fan-out and writer rates.
@@ -70,7 +70,14 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         let max_lead = ctx.opts.max_lead;
         let label = format!("w1 {} N={n} S={s}", fs.name());
         let m = ctx.measure(&label, Some(fs), |dir| {
-            let r = fanout(dir, &data, n, size, true, max_lead, Sink::Discard)?;
+            let r = fanout(
+                dir,
+                &data,
+                n,
+                size,
+                Setup::new(true, max_lead),
+                Sink::Discard,
+            )?;
             Ok(fanout_samples(n, size, r.wall, r.writer))
         })?;
         let fig = |figure, key, unit| {
@@ -122,7 +129,14 @@ pub(crate) fn run_fanout(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let max_lead = ctx.opts.max_lead;
     let label = format!("w1 {} N=1 S={s} back pressure off", fs.name());
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let r = fanout(dir, &data, 1, size, false, max_lead, Sink::Discard)?;
+        let r = fanout(
+            dir,
+            &data,
+            1,
+            size,
+            Setup::new(false, max_lead),
+            Sink::Discard,
+        )?;
         Ok(vec![
             ("wall", r.wall),
             ("writer", size as f64 / r.writer / 1e9),
@@ -165,7 +179,7 @@ pub(crate) fn run_zero_copy(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
         let bytes = n as f64 * size as f64;
         let m = ctx.measure(&label, Some(fs), |dir| {
             let a = dir.join("sendto");
-            let zc = fanout(&a, &data, n, size, true, max_lead, Sink::SendTo)?;
+            let zc = fanout(&a, &data, n, size, Setup::new(true, max_lead), Sink::SendTo)?;
             std::fs::remove_dir_all(&a)?;
             if zc.sendfile_bytes != n as u64 * size {
                 return Err(io::Error::other(format!(
@@ -179,8 +193,7 @@ pub(crate) fn run_zero_copy(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
                 &data,
                 n,
                 size,
-                true,
-                max_lead,
+                Setup::new(true, max_lead),
                 Sink::PlainSocket,
             )?;
             let per_cpu = |cpu: f64| bytes / cpu / 1e9;
@@ -320,8 +333,7 @@ pub(crate) fn rss_child(args: &[String]) -> io::Result<()> {
         &data,
         n,
         size,
-        true,
-        0,
+        Setup::new(true, 0),
         Sink::Discard,
     )?;
     let peak = crate::sys::peak_rss()?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::ctx::{Ctx, Fig, Limit};
 use crate::data::{self, show_size, Span, CHUNK, GIB};
 use crate::sys::Fs;
-use crate::workloads::{cache, reference};
+use crate::workloads::{cache, reference, Setup};
 
 const READERS: usize = 8;
 const KEY: &str = "w2-late-joiners";
@@ -19,7 +19,7 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let label = format!("w2 {} 8 readers S={s}", fs.name());
     let max_lead = ctx.opts.max_lead;
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let cache = cache(dir, true, max_lead)?;
+        let cache = cache(dir, Setup::new(true, max_lead))?;
         let span: Span = Arc::default();
         // Room for the threads to start before t0.
         let t0 = Instant::now() + Duration::from_millis(20);

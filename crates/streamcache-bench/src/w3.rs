@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::ctx::{Ctx, Fig};
 use crate::data::CHUNK;
 use crate::sys::{self, Fs, Who};
-use crate::workloads::{cache, reference};
+use crate::workloads::{cache, reference, Setup};
 
 const ENTRY: usize = 4096;
 
@@ -23,7 +23,7 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     );
     let max_lead = ctx.opts.max_lead;
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let cache = cache(dir, true, max_lead)?;
+        let cache = cache(dir, Setup::new(true, max_lead))?;
         let mut buf = vec![0u8; CHUNK];
         let read_entry = |stream: &mut streamcache::Stream, buf: &mut [u8]| -> io::Result<()> {
             let mut got = 0;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::ctx::{Ctx, Fig, Limit};
 use crate::data::{self, show_size, Span, CHUNK, MIB};
 use crate::sys::Fs;
-use crate::workloads::{cache, entry_file, reference};
+use crate::workloads::{cache, entry_file, reference, Setup};
 
 const KEY: &str = "w4-slow-reader";
 
@@ -19,7 +19,7 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let label = format!("w4 {} slow reader S={s}", fs.name());
     let max_lead = ctx.opts.max_lead;
     let m = ctx.measure(&label, Some(fs), |dir| {
-        let cache = cache(dir, true, max_lead)?;
+        let cache = cache(dir, Setup::new(true, max_lead))?;
         let consumed = Arc::new(AtomicU64::new(0));
         let lead_b = Arc::new(AtomicU64::new(0));
         let span: Span = Arc::default();

@@ -15,19 +15,35 @@ use crate::sys::{self, Fs, Who};
 /// window `max_lead` (`--max-lead`; 0, the reference's rule, by default). Its
 /// maintenance thread is stopped at once, so neither eviction nor the directory sweep
 /// can run during a measurement (the reference's tick once a minute never came either).
-pub(crate) fn cache(
-    dir: &Path,
-    backpressure: bool,
-    max_lead: u64,
-) -> io::Result<streamcache::Cache> {
+pub(crate) fn cache(dir: &Path, setup: Setup) -> io::Result<streamcache::Cache> {
     let mut cfg = streamcache::Config::new(dir);
     cfg.max_age = Duration::from_secs(3600);
     cfg.min_occurrences = 0;
-    cfg.backpressure = backpressure;
-    cfg.max_lead_bytes = max_lead;
+    cfg.backpressure = setup.backpressure;
+    cfg.max_lead_bytes = setup.max_lead;
+    cfg.durable = setup.durable;
     let cache = streamcache::Cache::new(cfg)?;
     cache.stop();
     Ok(cache)
+}
+
+/// What the cache under test is told: back pressure, the lead window, durable entries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Setup {
+    pub(crate) backpressure: bool,
+    pub(crate) max_lead: u64,
+    pub(crate) durable: bool,
+}
+
+impl Setup {
+    /// Entries that are not durable (the reference has none).
+    pub(crate) fn new(backpressure: bool, max_lead: u64) -> Setup {
+        Setup {
+            backpressure,
+            max_lead,
+            durable: false,
+        }
+    }
 }
 
 /// The reference implementation's figure for `what` on `fs`, in the unit the harness
@@ -98,11 +114,10 @@ pub(crate) fn fanout(
     data: &Arc<[u8]>,
     n: usize,
     size: u64,
-    backpressure: bool,
-    max_lead: u64,
+    setup: Setup,
     sink: Sink,
 ) -> io::Result<Fanout> {
-    let cache = cache(dir, backpressure, max_lead)?;
+    let cache = cache(dir, setup)?;
     let span: Span = Arc::default();
     let barrier = Barrier::new(n + 1);
     let created = AtomicUsize::new(0);
@@ -227,7 +242,7 @@ pub(crate) fn fanout_async(
     max_lead: u64,
 ) -> io::Result<FanoutAsync> {
     use tokio::io::AsyncReadExt;
-    let cache = cache(dir, true, max_lead)?;
+    let cache = cache(dir, Setup::new(true, max_lead))?;
     let span: Span = Arc::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -349,7 +364,15 @@ mod tests {
     fn fanout_delivers_every_byte_to_every_reader_with_one_producer() {
         let dir = tmp("fanout");
         let data = data::buffer();
-        let r = fanout(dir.path(), &data, 3, 3 * data::MIB, true, 0, Sink::Discard).unwrap();
+        let r = fanout(
+            dir.path(),
+            &data,
+            3,
+            3 * data::MIB,
+            Setup::new(true, 0),
+            Sink::Discard,
+        )
+        .unwrap();
         assert!(r.wall > 0.0 && r.writer > 0.0);
         assert_eq!(r.sendfile_bytes, 0);
     }
@@ -366,14 +389,22 @@ mod tests {
     fn fanout_through_send_to_moves_every_byte_with_sendfile() {
         let dir = tmp("sendto");
         let data = data::buffer();
-        let r = fanout(dir.path(), &data, 2, 2 * data::MIB, true, 0, Sink::SendTo).unwrap();
+        let r = fanout(
+            dir.path(),
+            &data,
+            2,
+            2 * data::MIB,
+            Setup::new(true, 0),
+            Sink::SendTo,
+        )
+        .unwrap();
         assert_eq!(r.sendfile_bytes, 4 * data::MIB);
     }
 
     #[test]
     fn entry_file_finds_the_file_of_a_live_entry() {
         let dir = tmp("entry");
-        let c = cache(dir.path(), true, 0).unwrap();
+        let c = cache(dir.path(), Setup::new(true, 0)).unwrap();
         let (mut s, created) = c.find_or_create("k", |w| w.write_all(b"abc")).unwrap();
         assert!(created);
         let path = entry_file(dir.path()).unwrap();
