@@ -1,6 +1,7 @@
 //! The cost of durable entries (`Config::durable`): W1 with one reader, durable off and
-//! on in the same repetition (the order alternating), and the adoption of 10,000
-//! committed entries by a cache started on their directory.
+//! on in the same repetition (the order alternating), how long the commit takes after
+//! the last reader is done, and the adoption of 10,000 committed entries by a cache
+//! started on their directory.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ fn writer(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let mut round = 0usize;
     let m = ctx.measure(&label, Some(fs), |dir| {
         round += 1;
-        let rate = |durable: bool| -> io::Result<f64> {
+        let rate = |durable: bool| -> io::Result<(f64, f64)> {
             let setup = Setup {
                 durable,
                 ..Setup::new(true, max_lead)
@@ -39,17 +40,23 @@ fn writer(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
             let at = dir.join(if durable { "on" } else { "off" });
             let r = fanout(&at, &data, 1, size, setup, Sink::Discard)?;
             std::fs::remove_dir_all(&at)?;
-            Ok(size as f64 / r.writer / 1e9)
+            Ok((size as f64 / r.writer / 1e9, r.commit))
         };
         // Alternating which goes first, so that neither always meets a warmer cache.
-        let (off, on) = if round.is_multiple_of(2) {
+        let ((off, _), (on, commit)) = if round.is_multiple_of(2) {
             let off = rate(false)?;
             (off, rate(true)?)
         } else {
             let on = rate(true)?;
             (rate(false)?, on)
         };
-        Ok(vec![("off", off), ("on", on), ("ratio", on / off)])
+        Ok(vec![
+            ("off", off),
+            ("on", on),
+            ("ratio", on / off),
+            ("commit", commit),
+            ("commit_rate", size as f64 / commit / 1e9),
+        ])
     })?;
     let fig = |figure, key, unit| {
         Fig::new("durable", Some(fs), figure, key, unit)
@@ -67,6 +74,18 @@ fn writer(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     ctx.emit(
         &m,
         fig("writer durable on / off", "ratio", "x").target(">= 0.95"),
+    )?;
+    ctx.emit(
+        &m,
+        fig(
+            "commit after the last reader (hash, record, rename)",
+            "commit",
+            "s",
+        ),
+    )?;
+    ctx.emit(
+        &m,
+        fig("commit: bytes hashed per second", "commit_rate", "GB/s"),
     )?;
     Ok(())
 }
@@ -92,6 +111,7 @@ fn adoption(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
                 while stream.read(&mut buf)? > 0 {}
                 stream.wait()?;
             }
+            first.wait_durable();
             if first.stats().committed_entries != ADOPT_ENTRIES as u64 {
                 return Err(io::Error::other("not every entry was committed"));
             }

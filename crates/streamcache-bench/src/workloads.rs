@@ -102,6 +102,8 @@ pub(crate) struct Fanout {
     pub(crate) cpu_readers: f64,
     /// Bytes the cache moved with sendfile during the run.
     pub(crate) sendfile_bytes: u64,
+    /// With durable entries: from the last reader done to the entry committed, seconds.
+    pub(crate) commit: f64,
 }
 
 const KEY: &str = "w1-fanout";
@@ -213,12 +215,23 @@ pub(crate) fn fanout(
         cpu_readers += cpu;
     }
     let writer = producer_seconds(&created, &span)?;
+    cache.wait_durable();
+    let committed = Instant::now();
+    let commit = if setup.durable {
+        if cache.stats().committed_entries != 1 {
+            return Err(io::Error::other("the durable entry was not committed"));
+        }
+        committed.saturating_duration_since(last).as_secs_f64()
+    } else {
+        0.0
+    };
     Ok(Fanout {
         wall: (last - t0).as_secs_f64(),
         writer,
         cpu_process,
         cpu_readers,
         sendfile_bytes: cache.stats().sendfile_bytes,
+        commit,
     })
 }
 

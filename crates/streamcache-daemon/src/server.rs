@@ -461,6 +461,9 @@ fn shutdown(daemon: &Daemon) {
         }
         daemon.children.signal_all(Signal::KILL);
     }
+    // The entries finished last are committed before the process goes, so that the
+    // next daemon serves them.
+    daemon.cache.wait_durable();
     daemon.cache.stop();
     tracing::info!("stopped");
 }

@@ -23,7 +23,7 @@ use crate::admission::Admission;
 use crate::budget::Budget;
 use crate::config::Config;
 use crate::direct;
-use crate::durable::{self, Digest, Refusal};
+use crate::durable::{self, Commit, Commits, Refusal};
 use crate::entry::Entry;
 use crate::error::{Chain, Error, Op, Result};
 #[cfg(test)]
@@ -36,7 +36,7 @@ use crate::room::{OnTransient, Room};
 use crate::runner::{self, Producer};
 use crate::stream::Stream;
 use crate::sync::{lock, Condvar, Mutex};
-use crate::writer::{Durable, Writer};
+use crate::writer::Writer;
 
 /// A cache of byte streams, each made once by a producer and read by any number of
 /// readers while it is being made and after.
@@ -123,6 +123,8 @@ struct Shared {
     /// Set once the background adoption of committed entries is over (at once for a
     /// cache that is not durable).
     adopted: Arc<crate::waiter::Waiter>,
+    /// The commits of durable entries under way.
+    commits: Arc<Commits>,
     /// Test hook: replaces file creation in tests of failure paths.
     #[cfg(test)]
     create_hook: Option<CreateHook>,
@@ -282,6 +284,7 @@ impl Cache {
             kept: KeptHandles::new(),
             checks: Checks::default(),
             adopted: Arc::new(crate::waiter::Waiter::default()),
+            commits: Arc::default(),
             #[cfg(test)]
             create_hook,
             #[cfg(test)]
@@ -511,6 +514,18 @@ impl Cache {
         }
     }
 
+    /// Blocks until the commits of the durable entries whose producers have finished
+    /// are over (see [`Config::durable`]): each is committed, or its commit failed
+    /// (and was logged). A commit runs on a pool thread after the entry's end was
+    /// published, so a program that exits right after its last read should call this
+    /// first, or its newest entries are not kept. Returns at once for a cache that is
+    /// not durable.
+    pub fn wait_durable(&self) {
+        if let Flavor::Enabled(shared) = &self.flavor {
+            shared.commits.wait();
+        }
+    }
+
     /// The cache directory, for a real cache.
     pub fn dir(&self) -> Option<&Path> {
         self.config().map(|c| c.dir.as_path())
@@ -612,18 +627,16 @@ impl Shared {
                     Arc::clone(&self.metrics),
                 )
             });
-            let durable = self
-                .config
-                .durable
-                .then(|| Digest::new(key))
-                .flatten()
-                .map(|digest| Durable {
-                    digest,
-                    file: Arc::clone(entry.file()),
-                    metrics: Arc::clone(&self.metrics),
-                });
+            let durable = self.config.durable.then(|| {
+                Commit::new(
+                    key,
+                    Arc::clone(entry.file()),
+                    Arc::clone(&self.commits),
+                    Arc::clone(&self.metrics),
+                )
+            });
             #[cfg_attr(not(test), allow(unused_mut))]
-            let mut writer = Writer::entry(sender, file, entry.path(), room, durable);
+            let mut writer = Writer::entry(sender, file, entry.path(), room, durable.flatten());
             #[cfg(test)]
             if let Some(kind) = self.close_fault.get() {
                 writer.inject_close_fault(*kind);

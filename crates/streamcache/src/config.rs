@@ -76,10 +76,12 @@ pub struct Config {
     pub min_occurrences: u32,
     /// Keep finished entries past this process (default `false`).
     ///
-    /// A durable cache computes a digest (BLAKE3) of each entry as it is written and,
-    /// when the producer succeeds, *commits* it: a record with the key, length, digest
-    /// and creation time goes after its bytes and the file takes a name made from the
-    /// key, in one `rename(2)`. A crash leaves either a committed entry or one that is
+    /// When a durable cache's producer succeeds, the entry is *committed* on a pool
+    /// thread, after its end was published (readers and the producer do not wait): its
+    /// digest (BLAKE3) is computed, a record with the key, length, digest and creation
+    /// time goes after its bytes, and the file takes a name made from the key, in one
+    /// `rename(2)` ([`Cache::wait_durable`](crate::Cache::wait_durable) waits for the
+    /// commits under way). A crash leaves either a committed entry or one that is
     /// plainly not committed. A cache started on the directory later adopts the
     /// committed entries younger than `max_age` in the background, and a lookup that
     /// misses the index opens the key's committed file directly, so caches of

@@ -4,16 +4,18 @@
 //! # The commit protocol
 //!
 //! An entry is written to a private file (`<xx>/<id>-<n>`, see [`crate::filestore`]) as
-//! always, and its digest (BLAKE3) is computed by the producer's thread as it writes,
-//! after each write is published, so that hashing overlaps the readers' copying. When
-//! the producer succeeds, the writer appends the *commit record* after the entry's
-//! bytes, closes the file, and renames it to its committed name,
-//! `committed/<hh>/<62 hex digits>`: the BLAKE3 digest of the key in hex, split after two
-//! digits. Only then is the entry's end published to its readers. `rename(2)` is atomic,
-//! so a crash at any instant leaves either a private file (never served after a
-//! restart; the sweep removes it at `max_age`) or a committed name whose record was
-//! written before the rename. Nothing is synced: a process that dies keeps its writes in
-//! the page cache, and after a machine crash the digest catches what was torn.
+//! always. When the producer succeeds, the writer takes room for the *commit record*,
+//! publishes the end to the readers, and hands the commit to a pool thread, so the
+//! producer pays nothing for it: that thread hashes the finished file (BLAKE3, through
+//! the page cache), appends the record after the entry's bytes, and renames the file to
+//! its committed name, `committed/<hh>/<62 hex digits>`, the BLAKE3 digest of the key in
+//! hex, split after two digits. (Hashing on the producer's thread, after each write was
+//! published, halved the producer's rate in W1 with one reader: `docs/BENCHMARKS.md`.)
+//! `rename(2)` is atomic, so a crash at any instant leaves either a private file (never
+//! served after a restart; the sweep removes it at `max_age`) or a committed name whose
+//! record was written before the rename. Nothing is synced: a process that dies keeps
+//! its writes in the page cache, and after a machine crash the digest catches what was
+//! torn. [`crate::Cache::wait_durable`] waits for the commits under way.
 //!
 //! # The record
 //!
@@ -26,7 +28,7 @@
 //! version   u32      1
 //! key_len   u32
 //! length    u64      the entry's bytes
-//! created   u64      nanoseconds since the Unix epoch
+//! created   u64      nanoseconds since the Unix epoch, when the entry was created
 //! digest    32 bytes BLAKE3 of the entry's bytes
 //! check     16 bytes the first 16 bytes of BLAKE3 of the record before this field
 //! end       8 bytes  "commit\0\x01"
@@ -42,9 +44,13 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::error::{Error, Op, Result};
+use crate::error::{Chain, Error, Op, Result};
+use crate::filestore::EntryFile;
+use crate::metrics::Metrics;
+use crate::sync::{lock, Condvar, Mutex};
 
 const MAGIC: &[u8; 8] = b"stcache\0";
 const END: &[u8; 8] = b"commit\0\x01";
@@ -53,7 +59,7 @@ const VERSION: u32 = 1;
 const FIXED: usize = 8 + 4 + 4 + 8 + 8 + 32 + 16 + 8;
 /// Keys longer than this are not committed (the entry is served, not kept).
 pub(crate) const MAX_KEY: usize = 64 << 10;
-/// How much of an entry is read at a time to check its digest.
+/// How much of an entry is read at a time to hash it.
 const VERIFY_CHUNK: usize = 1 << 20;
 
 /// The directory, below the cache's root, that committed entries live in.
@@ -67,55 +73,170 @@ pub(crate) fn committed_name(key: &str) -> (String, String) {
     (format!("{COMMITTED}/{dir}"), name.to_owned())
 }
 
-/// The digest of an entry being written, and what its record needs.
-#[derive(Debug)]
-pub(crate) struct Digest {
-    key: String,
-    hasher: blake3::Hasher,
-    created: SystemTime,
+/// The commits under way, so that a cache can wait for them.
+#[derive(Debug, Default)]
+pub(crate) struct Commits {
+    pending: Mutex<usize>,
+    done: Condvar,
 }
 
-impl Digest {
+impl Commits {
+    fn begin(&self) {
+        *lock(&self.pending) += 1;
+    }
+
+    fn end(&self) {
+        let mut pending = lock(&self.pending);
+        *pending -= 1;
+        if *pending == 0 {
+            self.done.notify_all();
+        }
+    }
+
+    /// Blocks until no commit is under way.
+    pub(crate) fn wait(&self) {
+        let mut pending = lock(&self.pending);
+        while *pending > 0 {
+            pending = crate::sync::wait(&self.done, pending);
+        }
+    }
+}
+
+/// Ends a commit's place among those under way when dropped, whether its job ran or
+/// was dropped unrun (no thread could start).
+struct Underway(Arc<Commits>);
+
+impl Drop for Underway {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// What a durable entry's commit needs, from its creation on.
+#[derive(Debug)]
+pub(crate) struct Commit {
+    key: String,
+    file: Arc<EntryFile>,
+    created: SystemTime,
+    commits: Arc<Commits>,
+    metrics: Arc<Metrics>,
+}
+
+impl Commit {
     /// `None` if `key` is too long to commit.
-    pub(crate) fn new(key: &str) -> Option<Digest> {
-        (key.len() <= MAX_KEY).then(|| Digest {
+    pub(crate) fn new(
+        key: &str,
+        file: Arc<EntryFile>,
+        commits: Arc<Commits>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Commit> {
+        (key.len() <= MAX_KEY).then(|| Commit {
             key: key.to_owned(),
-            hasher: blake3::Hasher::new(),
+            file,
             created: SystemTime::now(),
+            commits,
+            metrics,
         })
     }
 
-    /// The key the entry is committed for.
-    pub(crate) fn key(&self) -> &str {
-        &self.key
+    /// The size of the commit record (known before the digest is).
+    pub(crate) fn record_len(&self) -> u64 {
+        (self.key.len() + FIXED) as u64
     }
 
-    /// The entry's next bytes.
-    pub(crate) fn update(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
+    /// Counts the commit as under way, before the entry's end is published, so that
+    /// whoever saw the end and then waits for the commits (`Cache::wait_durable`)
+    /// waits for this one too. Dropping the result without starting it ends it.
+    pub(crate) fn begin(self) -> Begun {
+        self.commits.begin();
+        Begun {
+            underway: Underway(Arc::clone(&self.commits)),
+            commit: self,
+        }
     }
 
-    /// The commit record of an entry of `length` bytes, with everything written so far.
-    pub(crate) fn record(&self, length: u64) -> Vec<u8> {
-        let key = self.key.as_bytes();
-        let created = self
-            .created
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let mut record = Vec::with_capacity(key.len() + FIXED);
-        record.extend_from_slice(key);
-        record.extend_from_slice(MAGIC);
-        record.extend_from_slice(&VERSION.to_le_bytes());
-        // At most MAX_KEY, checked in `new`.
-        record.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
-        record.extend_from_slice(&length.to_le_bytes());
-        record.extend_from_slice(&created.to_le_bytes());
-        record.extend_from_slice(self.hasher.finalize().as_bytes());
-        let check = blake3::hash(&record);
-        record.extend_from_slice(&check.as_bytes()[..16]);
-        record.extend_from_slice(END);
-        record
+    fn run(&self, length: u64, write: &File) -> Result<()> {
+        let path = self.file.path();
+        let read = self.file.open_reader()?;
+        let digest = digest_of(&read, length, &path)?;
+        drop(read);
+        let record = record(&self.key, length, self.created, &digest);
+        write
+            .write_all_at(&record, length)
+            .map_err(|e| Error::io(Op::Commit, &*path, e))?;
+        self.file.commit(&self.key)
     }
+}
+
+/// A commit counted as under way, not started yet.
+pub(crate) struct Begun {
+    commit: Commit,
+    underway: Underway,
+}
+
+impl Begun {
+    /// Commits the entry, whose producer succeeded with `length` bytes, on a pool
+    /// thread: hashes the file, appends the record through `write` (a write handle of
+    /// the file), renames the file. A commit that fails is logged; the entry is then
+    /// served as before, only not past this process.
+    pub(crate) fn start(self, length: u64, write: File) {
+        let Begun { commit, underway } = self;
+        let started = crate::pool::run(move || {
+            let _underway = underway;
+            match commit.run(length, &write) {
+                Ok(()) => commit.metrics.add_committed_entries(1),
+                // Its name went while it was written or hashed (evicted, expired, the
+                // directory wiped): nothing to keep.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    tracing::debug!(key = commit.key, error = %Chain(&err), "streamcache: entry not committed");
+                }
+                Err(err) => {
+                    tracing::warn!(key = commit.key, error = %Chain(&err), "streamcache: entry not committed; it is not kept past this process");
+                }
+            }
+        });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "streamcache: no thread to commit an entry; it is not kept past this process");
+        }
+    }
+}
+
+/// The commit record of an entry of `length` bytes with `digest`.
+fn record(key: &str, length: u64, created: SystemTime, digest: &[u8; 32]) -> Vec<u8> {
+    let key = key.as_bytes();
+    let created = created
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut record = Vec::with_capacity(key.len() + FIXED);
+    record.extend_from_slice(key);
+    record.extend_from_slice(MAGIC);
+    record.extend_from_slice(&VERSION.to_le_bytes());
+    // At most MAX_KEY, checked in `Commit::new`.
+    record.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
+    record.extend_from_slice(&length.to_le_bytes());
+    record.extend_from_slice(&created.to_le_bytes());
+    record.extend_from_slice(digest);
+    let check = blake3::hash(&record);
+    record.extend_from_slice(&check.as_bytes()[..16]);
+    record.extend_from_slice(END);
+    record
+}
+
+/// The BLAKE3 digest of the first `length` bytes of `file` (read through the page
+/// cache, a MiB at a time).
+fn digest_of(file: &File, length: u64, path: &Path) -> Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; VERIFY_CHUNK];
+    let mut at = 0u64;
+    while at < length {
+        let want = usize::try_from(length - at)
+            .unwrap_or(VERIFY_CHUNK)
+            .min(VERIFY_CHUNK);
+        read_exact_at(file, &mut buf[..want], at, path)?;
+        hasher.update(&buf[..want]);
+        at += want as u64;
+    }
+    Ok(*hasher.finalize().as_bytes())
 }
 
 /// A commit record read back from a file.
@@ -232,18 +353,7 @@ impl Record {
     ///
     /// [`Error::Io`] ([`Op::Verify`]) if the file cannot be read.
     pub(crate) fn verify(&self, file: &File, path: &Path) -> Result<bool> {
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; VERIFY_CHUNK];
-        let mut at = 0u64;
-        while at < self.length {
-            let want = usize::try_from(self.length - at)
-                .unwrap_or(VERIFY_CHUNK)
-                .min(VERIFY_CHUNK);
-            read_exact_at(file, &mut buf[..want], at, path)?;
-            hasher.update(&buf[..want]);
-            at += want as u64;
-        }
-        Ok(*hasher.finalize().as_bytes() == self.digest)
+        Ok(digest_of(file, self.length, path)? == self.digest)
     }
 }
 
@@ -266,11 +376,11 @@ mod tests {
     use std::io::Write;
 
     fn committed(key: &str, bytes: &[u8]) -> (tempfile::NamedTempFile, u64) {
-        let mut digest = Digest::new(key).unwrap();
-        digest.update(bytes);
+        let digest = *blake3::hash(bytes).as_bytes();
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(bytes).unwrap();
-        file.write_all(&digest.record(bytes.len() as u64)).unwrap();
+        file.write_all(&record(key, bytes.len() as u64, SystemTime::now(), &digest))
+            .unwrap();
         let size = file.as_file().metadata().unwrap().len();
         (file, size)
     }

@@ -116,7 +116,9 @@ impl EntryFile {
     /// holds this file. Open handles keep reading. Removing a name that is already gone
     /// is not an error.
     pub(crate) fn remove(&self) -> Result<()> {
-        let place = lock(&self.place).clone();
+        // Held to the end: a commit renaming the file meanwhile would leave its new
+        // name behind.
+        let place = lock(&self.place);
         let dir = match openat_beneath(
             &self.root,
             place.dir.as_str(),

@@ -113,10 +113,11 @@
 //!
 //! # Durable entries
 //!
-//! With [`Config::durable`], a finished entry outlives its process: its digest
-//! (BLAKE3) is computed as it is written, and when the producer succeeds the entry is
-//! *committed*, with a record of its key, length, digest and creation time after its
-//! bytes, under a name made from its key, in one `rename(2)`. A cache started later on
+//! With [`Config::durable`], a finished entry outlives its process: when its producer
+//! succeeds, a pool thread *commits* it (readers and the producer do not wait): it
+//! hashes the file (BLAKE3) and puts a record of the key, length, digest and creation
+//! time after its bytes, under a name made from the key, in one `rename(2)`
+//! ([`Cache::wait_durable`] waits for the commits under way). A cache started later on
 //! the directory adopts the committed entries in the background ([`Cache::wait_adopted`]
 //! waits for that), and a lookup that misses the index opens its key's committed file
 //! directly, so processes sharing a directory serve each other's finished entries.

@@ -124,11 +124,6 @@ impl Room {
         }
     }
 
-    /// Whether the entry turned transient (its file no longer holds all its bytes).
-    pub(crate) fn is_transient(&self) -> bool {
-        self.transient
-    }
-
     /// Room for `extra` bytes after the `written` ones (a durable entry's commit
     /// record), growing the footprint if needed. False if the budget has none, or the
     /// entry is transient; nothing changes then.

@@ -7,10 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::direct::Sink;
-use crate::durable::Digest;
-use crate::error::{Chain, Error, Op, Result};
-use crate::filestore::EntryFile;
-use crate::metrics::Metrics;
+use crate::durable::Commit;
+use crate::error::{Error, Op, Result};
 use crate::pipe::Sender;
 use crate::room::Room;
 
@@ -55,24 +53,15 @@ enum Inner {
         /// The file system is full and the entry holds nothing to free: its bytes go
         /// to its readers through memory, piece by piece (see [`crate::room`]).
         passing: bool,
-        /// A durable entry's digest so far and its file, to commit when the producer
-        /// succeeds (see [`crate::durable`]); dropped when the file stops holding every
-        /// byte (a transient or passing entry is never committed). Boxed: the hasher's
-        /// state is two KiB.
-        durable: Option<Box<Durable>>,
+        /// A durable entry's commit, started when the producer succeeds (see
+        /// [`crate::durable`]); dropped when the file stops holding every byte (a
+        /// transient or passing entry is never committed).
+        durable: Option<Commit>,
         #[cfg(test)]
         close_fault: Option<io::ErrorKind>,
     },
     /// Straight to one reader, bypassing the cache (see [`crate::direct`]).
     Direct(Sink),
-}
-
-/// What commits a durable entry.
-#[derive(Debug)]
-pub(crate) struct Durable {
-    pub(crate) digest: Digest,
-    pub(crate) file: Arc<EntryFile>,
-    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -81,7 +70,7 @@ impl Writer {
         file: File,
         path: Arc<Path>,
         room: Option<Room>,
-        durable: Option<Durable>,
+        durable: Option<Commit>,
     ) -> Writer {
         Writer {
             inner: Inner::Entry {
@@ -91,7 +80,7 @@ impl Writer {
                 failure: None,
                 room,
                 passing: false,
-                durable: durable.map(Box::new),
+                durable,
                 #[cfg(test)]
                 close_fault: None,
             },
@@ -127,9 +116,8 @@ impl Writer {
     }
 
     /// The producer returned `Ok`: closes the file and publishes the end of the entry.
-    /// A durable entry is committed first (its record appended, its file renamed), so
-    /// that a reader who sees the end finds it committed; a commit that fails leaves an
-    /// entry that is served but not kept past this process.
+    /// A durable entry's commit then starts on a pool thread (its record's room is
+    /// taken first, so the budget holds); readers do not wait for it.
     /// On an error nothing is published; the caller fails the writer with it.
     pub(crate) fn close(&mut self) -> Result<()> {
         match &mut self.inner {
@@ -140,34 +128,32 @@ impl Writer {
                 room,
                 passing,
                 durable,
-                path,
                 #[cfg(test)]
                 close_fault,
+                #[cfg(test)]
+                path,
                 ..
             } => {
-                let mut durable = durable.take().filter(|_| !*passing && failure.is_none());
-                if let (Some(commit), Some(handle)) = (durable.as_ref(), file.as_ref()) {
-                    let record = commit.digest.record(self.written);
-                    let len = record.len() as u64;
-                    let fits = room
-                        .as_mut()
-                        .is_none_or(|room| room.reserve_tail(self.written, len));
-                    let appended = fits
-                        && {
-                            let wrote = handle.write_all_at(&record, self.written);
-                            if let Err(e) = &wrote {
-                                tracing::warn!(path = %path.display(), error = %e, "streamcache: commit record not written; the entry is not kept past this process");
+                // The commit needs a write handle for its record, and room for it: a
+                // transient entry has none (and its file no longer holds every byte).
+                let commit = match (durable.take(), file.as_ref()) {
+                    (Some(commit), Some(handle)) if !*passing && failure.is_none() => {
+                        let len = commit.record_len();
+                        let fits = room
+                            .as_mut()
+                            .is_none_or(|room| room.reserve_tail(self.written, len));
+                        match handle.try_clone() {
+                            Ok(write) if fits => {
+                                if let Some(room) = room {
+                                    room.wrote(self.written + len);
+                                }
+                                Some((commit, write))
                             }
-                            wrote.is_ok()
-                        };
-                    if appended {
-                        if let Some(room) = room {
-                            room.wrote(self.written + len);
+                            _ => None,
                         }
-                    } else {
-                        durable = None;
                     }
-                }
+                    _ => None,
+                };
                 // The file is closed first, as the reference does, then the pipe decides.
                 drop(file.take());
                 if let Some(room) = room {
@@ -181,20 +167,13 @@ impl Writer {
                 if let Some(err) = failure {
                     return Err(err.clone());
                 }
-                if let Some(commit) = durable {
-                    match commit.file.commit(commit.digest.key()) {
-                        Ok(()) => commit.metrics.add_committed_entries(1),
-                        // Its name went while it was written (expired, or the directory
-                        // was wiped): nothing to keep.
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                            tracing::debug!(error = %Chain(&err), "streamcache: entry not committed");
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %Chain(&err), "streamcache: entry not committed; it is not kept past this process");
-                        }
-                    }
+                // Under way before the end is published (see `Commit::begin`).
+                let commit = commit.map(|(commit, write)| (commit.begin(), write));
+                sender.close()?;
+                if let Some((commit, write)) = commit {
+                    commit.start(self.written, write);
                 }
-                sender.close()
+                Ok(())
             }
             Inner::Direct(sink) => {
                 sink.finish(Ok(()));
@@ -312,14 +291,6 @@ impl Write for Writer {
                         room.wrote(self.written);
                     }
                     sender.end_write(self.written);
-                    // After publishing: the readers copy these bytes while they are hashed.
-                    if let Some(commit) = durable {
-                        if room.as_ref().is_some_and(Room::is_transient) {
-                            *durable = None;
-                        } else {
-                            commit.digest.update(&rest[..n]);
-                        }
-                    }
                     rest = &rest[n..];
                 }
                 Ok(buf.len())

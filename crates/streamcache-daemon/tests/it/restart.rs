@@ -64,7 +64,10 @@ fn a_daemon_restarted_after_sigterm_or_sigkill_serves_what_it_had_and_never_dama
     round("warm", &["--bare", "--no-local"], 8);
     round("warm-shallow", &["--bare", "--depth", "1"], 1);
     assert_eq!(count_lines(&runs), 2);
-    assert_eq!(daemon.stat("committed_entries_total"), 2);
+    // Commits run after the clones got their last byte.
+    wait_until("both entries are committed", || {
+        daemon.stat("committed_entries_total") == 2
+    });
 
     // SIGTERM, then the same directory again: no pack-objects at all.
     daemon.stop();

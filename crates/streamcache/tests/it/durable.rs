@@ -50,6 +50,8 @@ fn commit(cache: &Cache, root: &Path, key: &str, bytes: &[u8]) -> PathBuf {
     let (out, result) = drain(&mut stream);
     result.unwrap();
     assert!(out == bytes);
+    // The commit runs after the end was published.
+    cache.wait_durable();
     let after = committed(root);
     let new: Vec<_> = after.difference(&before).cloned().collect();
     assert_eq!(new.len(), 1, "one committed file for {key}: {new:?}");
@@ -235,6 +237,7 @@ fn a_failed_producer_leaves_nothing_committed() {
         })
         .unwrap();
     assert!(drain(&mut stream).1.is_err());
+    cache.wait_durable();
     assert_eq!(committed(&root), BTreeSet::new());
     assert_eq!(cache.stats().committed_entries, 0);
     let second = durable_cache(&root);
@@ -430,7 +433,7 @@ fn concurrent_lookups_of_an_unchecked_entry_check_it_once_and_all_hit() {
 #[test]
 fn a_durable_entry_keeps_its_bytes_while_readers_read_it_during_the_commit() {
     // Readers attached while the entry is written read on through its commit (the
-    // file changes its name under them) and later hits open it by its new name.
+    // file changes its name under them), and later hits find it.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("cache");
     let cache = durable_cache(&root);
@@ -441,6 +444,7 @@ fn a_durable_entry_keeps_its_bytes_while_readers_read_it_during_the_commit() {
     assert!(drain(&mut first).0 == bytes);
     assert!(drain(&mut second).0 == bytes);
     drop((first, second));
+    cache.wait_durable();
     let mut reader = fs::File::open(committed(&root).into_iter().next().unwrap()).unwrap();
     let mut on_disk = Vec::new();
     reader.read_to_end(&mut on_disk).unwrap();
