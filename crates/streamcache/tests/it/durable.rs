@@ -456,3 +456,41 @@ fn a_durable_entry_keeps_its_bytes_while_readers_read_it_during_the_commit() {
     assert_eq!(lookup, Lookup::Hit);
     assert!(out == bytes);
 }
+
+#[test]
+fn adopted_entries_count_against_the_disk_budget_and_what_does_not_fit_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    {
+        let first = durable_cache(&root);
+        for i in 0..6 {
+            commit(&first, &root, &format!("k{i}"), &random_bytes(60 << 10));
+        }
+    }
+    let on_disk = |root: &Path| -> u64 {
+        committed(root)
+            .iter()
+            .map(|f| fs::metadata(f).unwrap().len())
+            .sum()
+    };
+    assert!(on_disk(&root) > 6 * (60 << 10));
+    // Room for two of the six: adoption evicts or removes the rest.
+    let budget = 160 << 10;
+    let mut cfg = durable_config(&root);
+    cfg.max_disk_bytes = Some(budget);
+    let second = Cache::new(cfg).unwrap();
+    second.wait_adopted();
+    let stats = second.stats();
+    assert!(stats.adopted_entries >= 1, "{stats:?}");
+    assert!(
+        stats.disk_used_bytes <= budget,
+        "the budget holds: {} of {budget} used",
+        stats.disk_used_bytes
+    );
+    assert!(
+        on_disk(&root) <= budget,
+        "the files on disk fit the budget: {} bytes",
+        on_disk(&root)
+    );
+    assert_eq!(second.entries().len(), committed(&root).len());
+}
