@@ -132,6 +132,12 @@ impl Recent {
 
     /// Drops every piece: the stream has ended (readers read the rest from the file).
     pub(crate) fn clear(&self) {
+        // Nothing was ever kept (too few readers copied): nothing to drop. `next` is the
+        // writer's own, and so is this call. (Locking the 128 slots cost a W3 miss
+        // 2.5% of its CPU.)
+        if self.next.load(SeqCst) == 0 {
+            return;
+        }
         self.oldest.store(u64::MAX, SeqCst);
         for slot in self.slots.iter() {
             lock(slot).take();
