@@ -85,7 +85,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, signal_tx.try_clone()?)
         .context("cannot install signal handlers")?;
     let successor = Successor::of_this_process();
-    let (bound, predecessor) = socket::bind_or_replace(&settings.socket, settings.replace)?;
+    let (mut bound, takeover) = socket::bind_or_replace(&settings.socket, settings.replace)?;
     let min_free = settings.min_free.bytes_on(&settings.entries_dir())?;
     log_disk_limits(&settings, min_free);
     let cache = Cache::new(settings.cache_config(min_free)).context("cannot start the cache")?;
@@ -100,6 +100,19 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let budget = descriptors::Budget::plan(inherited, settings.max_connections)?;
     budget.log();
     let daemon = Arc::new(Daemon::new(cache, settings, budget));
+    // Last, once everything else is up: a start that failed before this left the
+    // daemon before us reachable.
+    let predecessor = match takeover {
+        Some(takeover) => {
+            let pid = takeover.predecessor;
+            if let Err(e) = takeover.complete(&mut bound) {
+                bound.remove_file();
+                return Err(e);
+            }
+            Some(pid)
+        }
+        None => None,
+    };
     let mut status = format!("serving on {}", bound.path.display());
     if let Some(listener) = metrics_listener {
         let local = listener.local_addr()?;

@@ -79,11 +79,39 @@ pub(crate) fn bind(path: &Path) -> anyhow::Result<Bound> {
     bind_or_replace(path, false).map(|(bound, _)| bound)
 }
 
-/// [`bind`], or with `replace`, takes the path over from a live daemon of our own user
-/// without a moment in which it answers nobody: binds a fresh socket beside it and
-/// renames it over the path, so that the next client reaches us while the other daemon
-/// keeps the connections it has. Returns the other daemon's pid, to tell it to stop.
-pub(crate) fn bind_or_replace(path: &Path, replace: bool) -> anyhow::Result<(Bound, Option<i32>)> {
+/// A socket bound beside a live daemon's, to be moved over its path once we serve.
+#[derive(Debug)]
+pub(crate) struct Takeover {
+    /// The live daemon's pid, to tell it to stop.
+    pub(crate) predecessor: i32,
+    path: PathBuf,
+}
+
+impl Takeover {
+    /// Moves our socket over the path: from now on the next client reaches us, while
+    /// the other daemon keeps the connections it has. Call it once everything else is
+    /// ready, so that a start that fails leaves the other daemon reachable.
+    pub(crate) fn complete(self, bound: &mut Bound) -> anyhow::Result<()> {
+        fs::rename(&bound.path, &self.path).with_context(|| {
+            format!(
+                "cannot move {} over {}",
+                bound.path.display(),
+                self.path.display()
+            )
+        })?;
+        tracing::info!(path = %self.path.display(), predecessor = self.predecessor, "took the socket over from the daemon running before");
+        bound.path = self.path;
+        Ok(())
+    }
+}
+
+/// [`bind`], or with `replace`, prepares to take the path over from a live daemon of
+/// our own user without a moment in which it answers nobody: binds a fresh socket
+/// beside it, which [`Takeover::complete`] then renames over the path.
+pub(crate) fn bind_or_replace(
+    path: &Path,
+    replace: bool,
+) -> anyhow::Result<(Bound, Option<Takeover>)> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -108,16 +136,12 @@ pub(crate) fn bind_or_replace(path: &Path, replace: bool) -> anyhow::Result<(Bou
                 ));
                 let _ = fs::remove_file(&beside);
                 let bound = listen(&beside)?;
-                fs::rename(&beside, path).with_context(|| {
-                    format!("cannot move {} over {}", beside.display(), path.display())
-                })?;
-                tracing::info!(path = %path.display(), predecessor = pid, "took the socket over from the daemon running before");
                 return Ok((
-                    Bound {
+                    bound,
+                    Some(Takeover {
+                        predecessor: pid,
                         path: path.to_path_buf(),
-                        ..bound
-                    },
-                    Some(pid),
+                    }),
                 ));
             }
             Ok(_) => bail!(
