@@ -128,10 +128,11 @@ pub(crate) fn bind_or_replace(
                         path.display()
                     );
                 }
-                drop(live);
+                polite_goodbye(live);
                 let beside = parent.join(format!(
                     ".{}.{}.new",
-                    path.file_name().map_or_else(|| "socket".into(), |n| n.to_string_lossy()),
+                    path.file_name()
+                        .map_or_else(|| "socket".into(), |n| n.to_string_lossy()),
                     std::process::id()
                 ));
                 let _ = fs::remove_file(&beside);
@@ -144,10 +145,13 @@ pub(crate) fn bind_or_replace(
                     }),
                 ));
             }
-            Ok(_) => bail!(
-                "another daemon is listening on {}; stop it first, replace it (`serve --replace`), or pick another --socket",
-                path.display()
-            ),
+            Ok(live) => {
+                polite_goodbye(live);
+                bail!(
+                    "another daemon is listening on {}; stop it first, replace it (`serve --replace`), or pick another --socket",
+                    path.display()
+                )
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 tracing::info!(path = %path.display(), "replacing a stale socket file");
                 fs::remove_file(path)
@@ -166,6 +170,18 @@ pub(crate) fn bind_or_replace(
         Err(e) => return Err(e).with_context(|| format!("cannot look at {}", path.display())),
     }
     Ok((listen(path)?, None))
+}
+
+/// Ends a probe of a live daemon with a stats request, so that the daemon logs no
+/// "bad request" for a connection that said nothing. The reply is not waited for (the
+/// daemon ignores a client that left); the request is small enough for the socket's
+/// buffer, so writing it never blocks.
+fn polite_goodbye(mut probe: UnixStream) {
+    let _ = crate::wire::frame::write_frame(
+        &mut probe,
+        crate::wire::frame::Kind::StatsRequest,
+        &[crate::wire::request::PROTOCOL_VERSION],
+    );
 }
 
 /// Binds and listens on `path`, which must not exist, owner-only.
