@@ -662,7 +662,12 @@ impl Shared {
                 return Adoption::Nothing;
             }
         };
-        match self.admit_committed(committed, Some(key)) {
+        let record = durable::read_record(
+            &committed.file,
+            committed.size,
+            &committed.entry_file.path(),
+        );
+        match self.admit_committed(committed, record, Some(key)) {
             Some(_) => {
                 self.metrics.add_shared_hits(1);
                 Adoption::LookAgain
@@ -671,10 +676,16 @@ impl Shared {
         }
     }
 
-    /// Checks a committed file (against `key`, if given) and puts it in the index as a
-    /// finished entry. Returns its key if it did. A damaged or expired file is removed;
-    /// nothing unchecked is ever in the index.
-    fn admit_committed(&self, committed: Committed, key: Option<&str>) -> Option<String> {
+    /// Checks a committed file, whose commit record (`read_record`'s verdict) was read
+    /// already, against `key` if given, and puts it in the index as a finished entry.
+    /// Returns its key if it did. A damaged or expired file is removed; nothing
+    /// unchecked is ever in the index.
+    fn admit_committed(
+        &self,
+        committed: Committed,
+        record: Result<std::result::Result<durable::Record, Refusal>>,
+        key: Option<&str>,
+    ) -> Option<String> {
         let Committed {
             file,
             size,
@@ -695,7 +706,7 @@ impl Shared {
             }
             None
         };
-        let checked = durable::read_record(&file, size, &path).and_then(|record| match record {
+        let checked = record.and_then(|record| match record {
             Err(refusal) => Ok(Err(refusal)),
             Ok(record) if key.is_some_and(|key| key != record.key) => Ok(Err(Refusal::OtherKey)),
             Ok(record) if record.age(SystemTime::now()) > self.config.max_age => {
@@ -966,12 +977,13 @@ fn adopt_all(shared: &Weak<Shared>) {
             }
         };
         // Claimed by key once the key is known: read the record first.
-        let key = match durable::read_record(
+        let record = durable::read_record(
             &committed.file,
             committed.size,
             &committed.entry_file.path(),
-        ) {
-            Ok(Ok(record)) => Some(record.key),
+        );
+        let key = match &record {
+            Ok(Ok(record)) => Some(record.key.clone()),
             _ => None,
         };
         let claim = match key.as_deref() {
@@ -983,7 +995,10 @@ fn adopt_all(shared: &Weak<Shared>) {
             },
             None => None,
         };
-        if shared.admit_committed(committed, key.as_deref()).is_some() {
+        if shared
+            .admit_committed(committed, record, key.as_deref())
+            .is_some()
+        {
             adopted += 1;
             shared.metrics.add_adopted_entries(1);
         }

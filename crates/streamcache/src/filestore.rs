@@ -90,8 +90,8 @@ struct Place {
 }
 
 impl EntryFile {
-    fn new(root: Arc<OwnedFd>, dir: String, name: String, path: Arc<Path>, file: &OwnedFd) -> Self {
-        let ino = rustix::fs::fstat(file).map_or(0, |st| st.st_ino);
+    /// `ino`: the file's inode (see the field).
+    fn new(root: Arc<OwnedFd>, dir: String, name: String, path: Arc<Path>, ino: u64) -> Self {
         EntryFile {
             root,
             place: Mutex::new(Place { dir, name, path }),
@@ -109,7 +109,7 @@ impl EntryFile {
     pub(crate) fn open_reader(&self) -> Result<File> {
         let place = lock(&self.place).clone();
         let relative = format!("{}/{}", place.dir, place.name);
-        open_regular(&self.root, &relative, &place.path)
+        open_regular(&self.root, &relative, &place.path).map(|(file, _)| file)
     }
 
     /// Removes the file's name, relative to its fan-out directory, if the name still
@@ -289,7 +289,8 @@ impl FileStore {
                 0o400,
             ) {
                 Ok(fd) => {
-                    let file = EntryFile::new(root, dir, name, path, &fd);
+                    let ino = rustix::fs::fstat(&fd).map_or(0, |st| st.st_ino);
+                    let file = EntryFile::new(root, dir, name, path, ino);
                     return Ok((File::from(fd), file));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !made_dir => {
@@ -326,25 +327,16 @@ impl FileStore {
         };
         let relative = format!("{dir}/{name}");
         let path: Arc<Path> = self.root.join(&relative).into();
-        let fd = match openat_beneath(
-            &root,
-            relative.as_str(),
-            OFlags::RDONLY | OFlags::NONBLOCK,
-            0,
-        ) {
-            Ok(fd) => fd,
+        let (file, stat) = match open_regular(&root, &relative, &path) {
+            Ok(opened) => opened,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(Op::OpenReader, &*path, e)),
-        };
-        let stat =
-            rustix::fs::fstat(&fd).map_err(|e| Error::io(Op::OpenReader, &*path, e.into()))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             // Not ours to serve; the sweep removes it in time.
-            return Ok(None);
-        }
-        let entry_file = EntryFile::new(root, dir, name, path, &fd);
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let entry_file = EntryFile::new(root, dir, name, path, stat.st_ino);
         Ok(Some(Committed {
-            file: File::from(fd),
+            file,
             size: u64::try_from(stat.st_size).unwrap_or(0),
             entry_file,
         }))
@@ -368,8 +360,8 @@ impl FileStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
             Err(e) => return Err(Error::io(Op::Walk, &top, e)),
         };
-        for (sub, kind) in names(&committed, &top)? {
-            if kind != FileType::Directory {
+        for (sub, stat) in names(&committed, &top)? {
+            if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
                 continue;
             }
             let sub = String::from_utf8_lossy(sub.to_bytes()).into_owned();
@@ -381,8 +373,8 @@ impl FileStore {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(Error::io(Op::Walk, &at, e)),
                 };
-            for (name, kind) in names(&fd, &at)? {
-                if kind == FileType::RegularFile {
+            for (name, stat) in names(&fd, &at)? {
+                if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
                     found.push((
                         dir.clone(),
                         String::from_utf8_lossy(name.to_bytes()).into_owned(),
@@ -416,8 +408,10 @@ impl FileStore {
 }
 
 /// Opens `relative` below `root` for reading, without blocking, and checks that it is a
-/// regular file (a FIFO renamed over an entry file must not block a lookup).
-fn open_regular(root: &OwnedFd, relative: &str, path: &Path) -> Result<File> {
+/// regular file (a FIFO renamed over an entry file must not block a lookup); also
+/// returns what `fstat` said of it. Anything else there is an
+/// [`io::ErrorKind::InvalidData`] error.
+fn open_regular(root: &OwnedFd, relative: &str, path: &Path) -> Result<(File, rustix::fs::Stat)> {
     let fd = openat_beneath(root, relative, OFlags::RDONLY | OFlags::NONBLOCK, 0)
         .map_err(|e| Error::io(Op::OpenReader, path, e))?;
     let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(Op::OpenReader, path, e.into()))?;
@@ -425,27 +419,36 @@ fn open_regular(root: &OwnedFd, relative: &str, path: &Path) -> Result<File> {
         let err = io::Error::new(io::ErrorKind::InvalidData, "not a regular file");
         return Err(Error::io(Op::OpenReader, path, err));
     }
-    Ok(File::from(fd))
+    Ok((File::from(fd), stat))
 }
 
-/// The names in the directory open on `dir` (`.` and `..` left out) and their types
-/// (looked at without following links).
-fn names(dir: &OwnedFd, at: &Path) -> Result<Vec<(std::ffi::CString, FileType)>> {
+/// The names in the directory open on `dir` (`.` and `..` left out), each with what
+/// `fstatat(AT_SYMLINK_NOFOLLOW)` says of it (a link is looked at, never through).
+/// Names gone by the time they are looked at are left out. `at` is the directory's
+/// path, for messages. Nothing is removed while the directory is read: removing names
+/// meanwhile is allowed but makes what the reading sees unspecified.
+fn names(dir: &OwnedFd, at: &Path) -> Result<Vec<(std::ffi::CString, rustix::fs::Stat)>> {
     let walk_error = |e: rustix::io::Errno| Error::io(Op::Walk, at, e.into());
-    let mut names = Vec::new();
+    let mut found = Vec::new();
     let mut entries = rustix::fs::Dir::read_from(dir).map_err(walk_error)?;
     while let Some(entry) = entries.read() {
         let entry = entry.map_err(walk_error)?;
         let name = entry.file_name();
-        if name == c"." || name == c".." {
-            continue;
+        if name != c"." && name != c".." {
+            found.push(name.to_owned());
         }
-        let kind = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => FileType::from_raw_mode(stat.st_mode),
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(walk_error(e)),
-        };
-        names.push((name.to_owned(), kind));
+    }
+    drop(entries);
+    let mut names = Vec::with_capacity(found.len());
+    for name in found {
+        match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => names.push((name, stat)),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                let path = at.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+                return Err(Error::io(Op::Walk, &path, e.into()));
+            }
+        }
     }
     Ok(names)
 }
@@ -471,27 +474,8 @@ fn openat_beneath(
 
 /// Sweeps the directory open on `dir` (its path, `at`, is for messages only).
 fn sweep_dir(dir: OwnedFd, at: &Path, cutoff: SystemTime, report: &mut Sweep) -> Result<()> {
-    let walk_error = |e: rustix::io::Errno| Error::io(Op::Walk, at, e.into());
-    // Names first, then the work: removing names while reading the directory is allowed
-    // but makes what the reading sees unspecified.
-    let mut names = Vec::new();
-    let mut entries = rustix::fs::Dir::read_from(&dir).map_err(walk_error)?;
-    while let Some(entry) = entries.read() {
-        let entry = entry.map_err(walk_error)?;
-        let name = entry.file_name();
-        if name != c"." && name != c".." {
-            names.push(name.to_owned());
-        }
-    }
-    drop(entries);
-    for name in names {
+    for (name, stat) in names(&dir, at)? {
         let path = at.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-        // A link is looked at, never through.
-        let stat = match rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => stat,
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(Error::io(Op::Walk, &path, e.into())),
-        };
         if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
             // Swapped for something else since the look: not entered now; the next
             // sweep sees what it is.

@@ -66,9 +66,7 @@ impl Floor {
     /// The lowest position of an open reader; `None` if no reader is open.
     #[cfg(test)]
     pub(crate) fn lowest(&self) -> Option<u64> {
-        let mut marks = lock(&self.marks);
-        marks.retain(|m| m.load(SeqCst) != CLOSED);
-        marks.iter().map(|m| m.load(SeqCst)).min()
+        lowest(&mut lock(&self.marks))
     }
 
     /// Claims the release of the file below `bound(lowest)`, where `lowest` is the
@@ -76,10 +74,9 @@ impl Floor {
     /// open. Under the marks' lock, so a reader seeking back either moved its mark
     /// first (and `lowest` counts it) or sees the claim and is refused.
     pub(crate) fn claim_release(&self, bound: impl FnOnce(u64) -> u64) -> Option<u64> {
+        // Held until the claim is made (see `Mark::set_back`).
         let mut marks = lock(&self.marks);
-        marks.retain(|m| m.load(SeqCst) != CLOSED);
-        let lowest = marks.iter().map(|m| m.load(SeqCst)).min()?;
-        let to = bound(lowest);
+        let to = bound(lowest(&mut marks)?);
         self.released.fetch_max(to, SeqCst);
         Some(to)
     }
@@ -92,16 +89,15 @@ impl Floor {
         // they look at it (both SeqCst): a reader that moves after the check below sees
         // the flag and wakes us, under the lock, so the wake-up cannot be lost.
         self.waiting.store(true, SeqCst);
-        let lowest = loop {
-            marks.retain(|m| m.load(SeqCst) != CLOSED);
-            match marks.iter().map(|m| m.load(SeqCst)).min() {
-                Some(lowest) if lowest <= position => {}
-                lowest => break lowest,
+        let floor = loop {
+            match lowest(&mut marks) {
+                Some(floor) if floor <= position => {}
+                floor => break floor,
             }
             marks = crate::sync::wait(&self.moved, marks);
         };
         self.waiting.store(false, SeqCst);
-        lowest
+        floor
     }
 
     fn moved(&self) {
@@ -110,6 +106,13 @@ impl Floor {
             self.moved.notify_all();
         }
     }
+}
+
+/// The lowest of the open readers' `marks`, dropping the closed ones; `None` if none
+/// is open.
+fn lowest(marks: &mut Vec<Arc<AtomicU64>>) -> Option<u64> {
+    marks.retain(|m| m.load(SeqCst) != CLOSED);
+    marks.iter().map(|m| m.load(SeqCst)).min()
 }
 
 impl Mark {

@@ -38,24 +38,6 @@ const TASK_STREAK: u64 = 1 << 20;
 /// Buffer size of the plain copy loop of a bypass stream.
 const COPY_BUFFER: usize = 64 << 10;
 
-/// Where a seek goes: [`io::SeekFrom`], checked against the stream's kind.
-#[derive(Debug, Clone, Copy)]
-enum Target {
-    Start(u64),
-    Current(i64),
-    End(i64),
-}
-
-impl From<io::SeekFrom> for Target {
-    fn from(from: io::SeekFrom) -> Target {
-        match from {
-            io::SeekFrom::Start(offset) => Target::Start(offset),
-            io::SeekFrom::Current(delta) => Target::Current(delta),
-            io::SeekFrom::End(delta) => Target::End(delta),
-        }
-    }
-}
-
 /// A stream of one entry's bytes, plus the producer's result.
 ///
 /// Read it with [`std::io::Read`] (or [`tokio::io::AsyncRead`] with the `tokio` feature),
@@ -256,11 +238,11 @@ impl EntryReader {
     }
 
     /// Moves to `target` (see [`Stream`]'s `Seek`).
-    fn seek(&mut self, target: Target) -> io::Result<u64> {
+    fn seek(&mut self, target: io::SeekFrom) -> io::Result<u64> {
         let (base, delta) = match target {
-            Target::Start(offset) => return self.seek_to(offset),
-            Target::Current(delta) => (self.rx.position(), delta),
-            Target::End(delta) => match self.rx.outcome().get() {
+            io::SeekFrom::Start(offset) => return self.seek_to(offset),
+            io::SeekFrom::Current(delta) => (self.rx.position(), delta),
+            io::SeekFrom::End(delta) => match self.rx.outcome().get() {
                 Some(Ok(())) => (self.rx.published(), delta),
                 Some(Err(err)) => return Err(err.into()),
                 None => {
@@ -385,12 +367,12 @@ impl Stream {
     }
 
     /// Moves a bypass stream: forward by skipping, never back.
-    fn seek_direct(&mut self, target: Target) -> io::Result<u64> {
+    fn seek_direct(&mut self, target: io::SeekFrom) -> io::Result<u64> {
         let here = self.direct_position;
         let position = match target {
-            Target::Start(offset) => Some(offset),
-            Target::Current(delta) => here.checked_add_signed(delta),
-            Target::End(_) => {
+            io::SeekFrom::Start(offset) => Some(offset),
+            io::SeekFrom::Current(delta) => here.checked_add_signed(delta),
+            io::SeekFrom::End(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
                     "cannot seek from the end: this stream bypasses the cache and its length is not known",
@@ -498,8 +480,8 @@ impl io::Seek for Stream {
     /// See [`Stream`]'s "Seeking".
     fn seek(&mut self, from: io::SeekFrom) -> io::Result<u64> {
         match &mut self.source {
-            Source::Entry(reader) => reader.seek(from.into()),
-            Source::Direct(_) => self.seek_direct(from.into()),
+            Source::Entry(reader) => reader.seek(from),
+            Source::Direct(_) => self.seek_direct(from),
         }
     }
 }
