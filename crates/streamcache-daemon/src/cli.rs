@@ -128,6 +128,23 @@ struct ServeArgs {
     /// command themselves) or "refuse" (they fail, exit 75) [default: fail-open].
     #[arg(long, value_name = "WHAT")]
     queue_full: Option<String>,
+    /// Share entries with the daemons of other hosts through S3-compatible object
+    /// storage: s3://BUCKET/PREFIX. Endpoint, region and credentials come from the
+    /// AWS_* variables (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP) [default: none].
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
+    /// Size of the parts entries are uploaded in [default: 8MiB].
+    #[arg(long, value_name = "SIZE")]
+    remote_part_size: Option<String>,
+    /// Take over another host's upload that has not advanced for this long
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    remote_takeover: Option<String>,
+    /// Give up a request to the object store after this long (the daemon then runs the
+    /// command itself) [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    remote_timeout: Option<String>,
     /// More logging: -v is debug, -vv trace (overrides --log-level).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -258,6 +275,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_commands_per_dir: args.max_commands_per_dir,
         max_queue_wait: args.max_queue_wait,
         queue_full: args.queue_full,
+        remote: args.remote,
+        remote_part_size: args.remote_part_size,
+        remote_takeover: args.remote_takeover,
+        remote_timeout: args.remote_timeout,
     };
     let settings = ServeSettings::resolve(file, flags)?;
     tracing_subscriber::fmt()

@@ -76,7 +76,15 @@ fn metrics(daemon: &Daemon) -> Vec<Metric> {
         m("streamcache_committed_entries_total", "counter", "Durable entries committed: whole, with their digest, kept across restarts.", s.committed_entries),
         m("streamcache_adopted_entries_total", "counter", "Committed entries found at start, checked against their digests and served.", s.adopted_entries),
         m("streamcache_shared_hits_total", "counter", "Lookups served from a committed file this daemon did not have in its index (another process's, or its predecessor's not yet adopted); also in hits.", s.shared_hits),
-        m("streamcache_verification_failures_total", "counter", "Committed files refused and removed because they were truncated, altered or had no whole commit record.", s.verification_failures),
+        m("streamcache_verification_failures_total", "counter", "Committed files refused and removed because they were truncated, altered or had no whole commit record; also manifests and parts of the shared tier that did not match their digests.", s.verification_failures),
+        m("streamcache_remote_hits_total", "counter", "Misses served from the shared tier: an entry another host published, or another host's upload followed to its end.", s.remote_hits),
+        m("streamcache_remote_follows_total", "counter", "Misses that found another host making the entry and followed its upload instead of running the command.", s.remote_follows),
+        m("streamcache_remote_takeovers_total", "counter", "Stalled or abandoned uploads of other hosts taken over: this host ran the command.", s.remote_takeovers),
+        m("streamcache_remote_uploads_total", "counter", "Entries this host published to the shared tier (uploaded whole, manifest committed).", s.remote_uploads),
+        m("streamcache_remote_uploaded_bytes_total", "counter", "Bytes uploaded to the shared tier.", s.remote_uploaded_bytes),
+        m("streamcache_remote_downloaded_bytes_total", "counter", "Bytes downloaded from the shared tier, each part checked against its digest.", s.remote_downloaded_bytes),
+        m("streamcache_remote_errors_total", "counter", "Requests to the shared tier that failed or timed out, and damaged objects found there; the host ran the command itself.", s.remote_errors),
+        m("streamcache_remote_swept_objects_total", "counter", "Objects of the shared tier removed by the sweep (expired, or of dead uploads).", s.remote_swept_objects),
     ]);
     let queue = daemon.queue.as_deref();
     all.extend([
@@ -180,6 +188,11 @@ pub(crate) fn stats_text(daemon: &Daemon) -> String {
     let _ = writeln!(out, "min_occurrences={}", cfg.min_occurrences);
     let _ = writeln!(out, "backpressure={}", cfg.backpressure);
     let _ = writeln!(out, "durable={}", cfg.durable);
+    let _ = writeln!(
+        out,
+        "remote={}",
+        cfg.remote.as_ref().map_or("none", |r| r.url.as_str())
+    );
     let _ = writeln!(out, "allow={}", cfg.allow);
     let none = |n: Option<usize>| n.map_or_else(|| "none".to_owned(), |n| n.to_string());
     let _ = writeln!(
@@ -326,6 +339,20 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
                 num("adopted_entries_total"),
                 num("shared_hits_total"),
                 num("verification_failures_total")
+            ),
+        ),
+        (
+            "remote",
+            format!(
+                "{}; {} hits, {} follows, {} takeovers, {} uploads; {} up, {} down; {} errors",
+                get("remote"),
+                num("remote_hits_total"),
+                num("remote_follows_total"),
+                num("remote_takeovers_total"),
+                num("remote_uploads_total"),
+                bytes(num("remote_uploaded_bytes_total")),
+                bytes(num("remote_downloaded_bytes_total")),
+                num("remote_errors_total")
             ),
         ),
         ("generated", bytes(num("generated_bytes_total"))),

@@ -88,7 +88,11 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let (mut bound, takeover) = socket::bind_or_replace(&settings.socket, settings.replace)?;
     let min_free = settings.min_free.bytes_on(&settings.entries_dir())?;
     log_disk_limits(&settings, min_free);
-    let cache = Cache::new(settings.cache_config(min_free)).context("cannot start the cache")?;
+    let mut config = settings.cache_config(min_free);
+    if let Some(remote) = &settings.remote {
+        config.remote = Some(remote.tier()?);
+    }
+    let cache = Cache::new(config).context("cannot start the cache")?;
     let metrics_listener = match settings.metrics_listen {
         Some(addr) => Some(
             scrape::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?,
@@ -131,6 +135,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         min_occurrences = s.min_occurrences,
         backpressure = s.backpressure,
         durable = s.durable,
+        remote = s.remote.as_ref().map_or("none", |r| r.url.as_str()),
         max_lead = s.max_lead,
         max_commands = %limit(s.commands.max_commands),
         max_commands_per_dir = %limit(s.commands.max_commands_per_dir),
@@ -477,6 +482,8 @@ fn shutdown(daemon: &Daemon) {
     // The entries finished last are committed before the process goes, so that the
     // next daemon serves them.
     daemon.cache.wait_durable();
+    // And published, so that the other hosts need not make them again.
+    daemon.cache.wait_uploaded();
     daemon.cache.stop();
     tracing::info!("stopped");
 }

@@ -65,6 +65,10 @@ pub(crate) struct FileSettings {
     pub(crate) max_commands_per_dir: Option<usize>,
     pub(crate) max_queue_wait: Option<String>,
     pub(crate) queue_full: Option<String>,
+    pub(crate) remote: Option<String>,
+    pub(crate) remote_part_size: Option<Size>,
+    pub(crate) remote_takeover: Option<String>,
+    pub(crate) remote_timeout: Option<String>,
 }
 
 /// A size in the file: a number of bytes, or text with a unit (`"10GiB"`, `"5%"`).
@@ -181,6 +185,100 @@ pub(crate) struct ServeFlags {
     pub(crate) max_commands_per_dir: Option<usize>,
     pub(crate) max_queue_wait: Option<String>,
     pub(crate) queue_full: Option<String>,
+    pub(crate) remote: Option<String>,
+    pub(crate) remote_part_size: Option<String>,
+    pub(crate) remote_takeover: Option<String>,
+    pub(crate) remote_timeout: Option<String>,
+}
+
+/// The shared tier on object storage (`remote = "s3://bucket/prefix"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RemoteSettings {
+    /// As written, for the logs and `stats`.
+    pub(crate) url: String,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
+    pub(crate) part_size: usize,
+    pub(crate) takeover: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl RemoteSettings {
+    fn parse(
+        url: &str,
+        part_size: Option<String>,
+        takeover: Option<String>,
+        timeout: Option<String>,
+    ) -> anyhow::Result<RemoteSettings> {
+        let Some(rest) = url.strip_prefix("s3://") else {
+            bail!("remote: {url:?} is not an s3:// URL (s3://bucket/prefix)");
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("remote: {url:?} names no bucket (s3://bucket/prefix)");
+        }
+        let part_size = match part_size {
+            Some(text) => {
+                let n = size("remote_part_size", &text)?;
+                if !(4096..=1 << 30).contains(&n) {
+                    bail!("remote_part_size: {text:?} is not between 4KiB and 1GiB");
+                }
+                n as usize
+            }
+            None => streamcache::DEFAULT_PART_SIZE,
+        };
+        let takeover = match takeover {
+            Some(text) => duration("remote_takeover", &text)?,
+            None => streamcache::DEFAULT_TAKEOVER_AFTER,
+        };
+        if takeover.is_zero() {
+            bail!("remote_takeover: must be more than zero");
+        }
+        let timeout = match timeout {
+            Some(text) => duration("remote_timeout", &text)?,
+            None => streamcache::DEFAULT_TIMEOUT,
+        };
+        if timeout.is_zero() {
+            bail!("remote_timeout: must be more than zero");
+        }
+        Ok(RemoteSettings {
+            url: url.to_owned(),
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            part_size,
+            takeover,
+            timeout,
+        })
+    }
+
+    /// The tier: an S3 client for the bucket, configured from the usual `AWS_*`
+    /// variables (endpoint, region, credentials, `AWS_ALLOW_HTTP`), with requests
+    /// bounded by the timeout and retried at most twice.
+    pub(crate) fn tier(&self) -> anyhow::Result<streamcache::Remote> {
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+        use object_store::ClientConfigKey;
+        let retry = object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: self.timeout,
+            ..Default::default()
+        };
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(&self.bucket)
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                format!("{}ms", self.timeout.as_millis()),
+            )
+            .with_retry(retry)
+            .build()
+            .with_context(|| format!("remote: cannot set up {}", self.url))?;
+        Ok(
+            streamcache::Remote::new(std::sync::Arc::new(store), &self.prefix)
+                .with_context(|| format!("remote: {}", self.url))?
+                .with_part_size(self.part_size)
+                .with_takeover_after(self.takeover)
+                .with_timeout(self.timeout),
+        )
+    }
 }
 
 /// What the daemon runs with, every value resolved and checked.
@@ -212,6 +310,8 @@ pub(crate) struct ServeSettings {
     /// How far a command may run ahead of its fastest reader, with back pressure.
     pub(crate) max_lead: u64,
     pub(crate) commands: CommandLimits,
+    /// The shared tier, if any.
+    pub(crate) remote: Option<RemoteSettings>,
 }
 
 impl ServeSettings {
@@ -339,7 +439,19 @@ impl ServeSettings {
             max_queue_wait,
             queue_full,
         };
+        let remote = match flags.remote.or(file.remote) {
+            Some(url) if !url.is_empty() => Some(RemoteSettings::parse(
+                &url,
+                flags
+                    .remote_part_size
+                    .or(file.remote_part_size.map(Size::text)),
+                flags.remote_takeover.or(file.remote_takeover),
+                flags.remote_timeout.or(file.remote_timeout),
+            )?),
+            _ => None,
+        };
         let settings = ServeSettings {
+            remote,
             socket,
             dir,
             max_age,
@@ -373,6 +485,7 @@ impl ServeSettings {
 
     /// The library's configuration, with the free-space guard of `min_free_bytes`
     /// (see [`MinFree::bytes_on`]).
+    /// (The shared tier is set apart: see [`RemoteSettings::tier`].)
     pub(crate) fn cache_config(&self, min_free_bytes: u64) -> streamcache::Config {
         let mut cfg = streamcache::Config::new(self.entries_dir());
         cfg.max_age = self.max_age;

@@ -125,6 +125,11 @@ struct Shared {
     adopted: Arc<crate::waiter::Waiter>,
     /// The commits of durable entries under way.
     commits: Arc<Commits>,
+    /// The uploads to the shared tier under way.
+    uploads: Arc<Commits>,
+    /// The sweeps of the shared tier.
+    #[cfg(feature = "remote")]
+    sweeper: crate::remote::Sweeper,
     /// Test hook: replaces file creation in tests of failure paths.
     #[cfg(test)]
     create_hook: Option<CreateHook>,
@@ -285,6 +290,9 @@ impl Cache {
             checks: Checks::default(),
             adopted: Arc::new(crate::waiter::Waiter::default()),
             commits: Arc::default(),
+            uploads: Arc::default(),
+            #[cfg(feature = "remote")]
+            sweeper: crate::remote::Sweeper::default(),
             #[cfg(test)]
             create_hook,
             #[cfg(test)]
@@ -526,6 +534,16 @@ impl Cache {
         }
     }
 
+    /// Blocks until the uploads to the shared tier under way (feature `remote`) are
+    /// over: each entry produced here is published (its manifest committed) or given
+    /// up. A program that exits right after its producers finished calls this first,
+    /// or its newest entries are not shared. Returns at once without a shared tier.
+    pub fn wait_uploaded(&self) {
+        if let Flavor::Enabled(shared) = &self.flavor {
+            shared.uploads.wait();
+        }
+    }
+
     /// The cache directory, for a real cache.
     pub fn dir(&self) -> Option<&Path> {
         self.config().map(|c| c.dir.as_path())
@@ -635,6 +653,8 @@ impl Shared {
                     Arc::clone(&self.metrics),
                 )
             });
+            #[cfg(feature = "remote")]
+            let producer = self.remote_job(key, &entry, producer);
             #[cfg_attr(not(test), allow(unused_mut))]
             let mut writer = Writer::entry(sender, file, entry.path(), room, durable.flatten());
             #[cfg(test)]
@@ -644,6 +664,44 @@ impl Shared {
             self.start_producer(key, entry, writer, producer);
             return Ok((stream, Lookup::Miss));
         }
+    }
+
+    /// With a shared tier, what the new entry of `key` runs in place of `producer`:
+    /// look in the store, follow another host, or produce and publish (with one more
+    /// reader of the entry for the upload).
+    #[cfg(feature = "remote")]
+    fn remote_job(&self, key: &str, entry: &Arc<Entry>, producer: Producer) -> Producer {
+        let Some(remote) = &self.config.remote else {
+            return producer;
+        };
+        let upload = match entry.open_reader() {
+            Ok((rx, opened)) => {
+                if opened {
+                    self.kept.kept(entry);
+                }
+                // Its bytes are not served to anyone: counted apart.
+                Some(Stream::entry(
+                    rx,
+                    entry.path(),
+                    entry.footprint().map(Arc::clone),
+                    Arc::new(Metrics::default()),
+                ))
+            }
+            Err(err) => {
+                tracing::debug!(key, error = %Chain(&err), "streamcache: no reader for the upload");
+                None
+            }
+        };
+        let job = crate::remote::Job {
+            remote: remote.clone(),
+            key: key.to_owned(),
+            max_age: self.config.max_age,
+            metrics: Arc::clone(&self.metrics),
+            upload,
+            uploads: Arc::clone(&self.uploads),
+            staging: self.config.dir.clone(),
+        };
+        Box::new(move |w: &mut Writer| job.run(w, producer))
     }
 
     /// Looks for `key`'s committed file and, if it checks out, puts it in the index.
@@ -913,6 +971,11 @@ impl Shared {
 
     fn maintain(&self, now: Instant, wall: SystemTime) {
         self.evict(now);
+        #[cfg(feature = "remote")]
+        if let Some(remote) = &self.config.remote {
+            self.sweeper
+                .start(remote, self.config.max_age, &self.metrics);
+        }
         let Some(cutoff) = wall.checked_sub(self.config.max_age) else {
             return;
         };

@@ -95,6 +95,12 @@ pub struct Config {
     /// Entries that turn transient, or pass their bytes through memory, are not
     /// committed (their files do not hold every byte), nor are keys over 64 KiB.
     pub durable: bool,
+    /// The shared tier on object storage (feature `remote`; default `None`): a local
+    /// miss looks there before it produces, follows another host's upload of the key
+    /// instead of producing it again, and publishes what it produces. See
+    /// [`Remote`](crate::Remote).
+    #[cfg(feature = "remote")]
+    pub remote: Option<crate::Remote>,
 }
 
 impl Config {
@@ -110,6 +116,8 @@ impl Config {
             min_free_bytes: 0,
             min_occurrences: 1,
             durable: false,
+            #[cfg(feature = "remote")]
+            remote: None,
         }
     }
 
@@ -128,6 +136,10 @@ impl Config {
         }
         if self.dir.as_os_str().is_empty() {
             return Err(Error::config("dir", "must not be empty"));
+        }
+        #[cfg(feature = "remote")]
+        if let Some(remote) = &self.remote {
+            remote.validate()?;
         }
         if !self.dir.is_absolute() {
             return Err(Error::config(

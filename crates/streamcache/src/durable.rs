@@ -93,6 +93,13 @@ impl Commits {
         }
     }
 
+    /// Counts one more piece of work under way, until the result is dropped.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn enter(self: &Arc<Self>) -> Underway {
+        self.begin();
+        Underway(Arc::clone(self))
+    }
+
     /// Blocks until no commit is under way.
     pub(crate) fn wait(&self) {
         let mut pending = lock(&self.pending);
@@ -104,7 +111,7 @@ impl Commits {
 
 /// Ends a commit's place among those under way when dropped, whether its job ran or
 /// was dropped unrun (no thread could start).
-struct Underway(Arc<Commits>);
+pub(crate) struct Underway(Arc<Commits>);
 
 impl Drop for Underway {
     fn drop(&mut self) {

@@ -125,6 +125,18 @@
 //! uncommitted file is a miss, and is removed. Entries being written stay private to
 //! their process. `docs/ARCHITECTURE.md` gives the format and the protocol.
 //!
+//! # Several hosts (feature `remote`)
+//!
+//! With `Config::remote`, caches of several hosts share one bucket of S3-compatible
+//! object storage through the `object_store` crate: a local miss first looks for the
+//! key's committed manifest there (a *remote hit*, streamed part by part into the local
+//! entry, each part checked against its digest before it is written), else takes the
+//! key's lease with a conditional create and produces, uploading the entry in parts
+//! while it is written and committing a manifest with a conditional create; a host that
+//! finds a live lease follows that upload instead of producing, and takes the lease over
+//! if it stops changing. The store never fails a lookup: an error or a timeout makes
+//! the host produce by itself. `docs/ARCHITECTURE.md` gives the objects and the protocol.
+//!
 //! # Seeking
 //!
 //! [`Stream`] implements [`std::io::Seek`] (and `tokio::io::AsyncSeek`), also into an
@@ -172,6 +184,8 @@
 //!   file after a restart because it cannot know the file is whole; a committed entry
 //!   carries its digest, and nothing that does not match it is served.
 //! * **Seekable streams**, into entries still being written.
+//! * **A shared tier** (feature `remote`): hosts share entries through object storage,
+//!   also while they are made; the reference is one host's disk.
 //! * **A disk budget and a free-space guard** ([`Config::max_disk_bytes`],
 //!   [`Config::min_free_bytes`]) that hold while entries of unknown size are written;
 //!   the reference is bounded by age alone. Lack of room bypasses the cache or makes an
@@ -209,6 +223,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `tokio` | `AsyncRead` for [`Stream`], [`Stream::wait_async`] |
+//! | `remote` | the shared tier on S3-compatible object storage: `Config::remote`, `Remote` |
 //! | `testing` | `testing::LoggingCache`, a wrapper that records every lookup, for tests of code that uses the cache |
 
 // One module maps entry files into memory and guards the maps against truncation
@@ -231,6 +246,8 @@ mod metrics;
 mod pipe;
 mod pool;
 mod recent;
+#[cfg(feature = "remote")]
+mod remote;
 mod room;
 mod runner;
 mod stream;
@@ -248,5 +265,7 @@ pub use crate::cache::{Cache, EntryState, EntryStatus, Lookup};
 pub use crate::config::{Config, DEFAULT_MAX_AGE};
 pub use crate::error::{Error, Op, Result};
 pub use crate::metrics::Stats;
+#[cfg(feature = "remote")]
+pub use crate::remote::{Remote, DEFAULT_PART_SIZE, DEFAULT_TAKEOVER_AFTER, DEFAULT_TIMEOUT};
 pub use crate::stream::Stream;
 pub use crate::writer::Writer;

@@ -22,10 +22,19 @@ pub(crate) struct Metrics {
     adopted_entries: AtomicU64,
     shared_hits: AtomicU64,
     verification_failures: AtomicU64,
+    remote_hits: AtomicU64,
+    remote_follows: AtomicU64,
+    remote_takeovers: AtomicU64,
+    remote_uploads: AtomicU64,
+    remote_uploaded_bytes: AtomicU64,
+    remote_downloaded_bytes: AtomicU64,
+    remote_errors: AtomicU64,
+    remote_swept_objects: AtomicU64,
 }
 
 macro_rules! adders {
-    ($($name:ident => $field:ident),* $(,)?) => {
+    ($(#[$attr:meta])* $($name:ident => $field:ident),* $(,)?) => {
+        $(#[$attr])*
         impl Metrics {
             $(pub(crate) fn $name(&self, n: u64) { self.$field.fetch_add(n, Relaxed); })*
         }
@@ -47,6 +56,18 @@ adders! {
     add_adopted_entries => adopted_entries,
     add_shared_hits => shared_hits,
     add_verification_failures => verification_failures,
+}
+
+adders! {
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    add_remote_hits => remote_hits,
+    add_remote_follows => remote_follows,
+    add_remote_takeovers => remote_takeovers,
+    add_remote_uploads => remote_uploads,
+    add_remote_uploaded_bytes => remote_uploaded_bytes,
+    add_remote_downloaded_bytes => remote_downloaded_bytes,
+    add_remote_errors => remote_errors,
+    add_remote_swept_objects => remote_swept_objects,
 }
 
 impl Metrics {
@@ -88,6 +109,14 @@ impl Metrics {
             adopted_entries: self.adopted_entries.load(Relaxed),
             shared_hits: self.shared_hits.load(Relaxed),
             verification_failures: self.verification_failures.load(Relaxed),
+            remote_hits: self.remote_hits.load(Relaxed),
+            remote_follows: self.remote_follows.load(Relaxed),
+            remote_takeovers: self.remote_takeovers.load(Relaxed),
+            remote_uploads: self.remote_uploads.load(Relaxed),
+            remote_uploaded_bytes: self.remote_uploaded_bytes.load(Relaxed),
+            remote_downloaded_bytes: self.remote_downloaded_bytes.load(Relaxed),
+            remote_errors: self.remote_errors.load(Relaxed),
+            remote_swept_objects: self.remote_swept_objects.load(Relaxed),
             // Filled in by the cache, which owns the budget.
             disk_budget_bytes: None,
             disk_used_bytes: 0,
@@ -157,4 +186,20 @@ pub struct Stats {
     /// Committed files not served because they are damaged: truncated, altered, or
     /// without a whole commit record. Each is removed.
     pub verification_failures: u64,
+    /// Local misses served from the shared tier (`Config::remote`, feature `remote`): a committed entry of another host (or of this one before its disk was wiped), or another host's upload followed to its end.
+    pub remote_hits: u64,
+    /// Local misses that found another host producing the key and followed its upload.
+    pub remote_follows: u64,
+    /// Leases of stalled or abandoned uploads taken over: this host then produced.
+    pub remote_takeovers: u64,
+    /// Entries this host published: uploaded whole, manifest committed.
+    pub remote_uploads: u64,
+    /// Bytes of parts uploaded to the shared tier.
+    pub remote_uploaded_bytes: u64,
+    /// Bytes of parts downloaded from the shared tier (checked against their digests).
+    pub remote_downloaded_bytes: u64,
+    /// Requests to the shared tier that failed or timed out, and damaged objects found there. A lookup never fails for them: the host produces by itself.
+    pub remote_errors: u64,
+    /// Objects of the shared tier removed by the sweep: expired manifests and leases, parts of dead or superseded uploads.
+    pub remote_swept_objects: u64,
 }

@@ -11,6 +11,10 @@ mod faults;
 mod git;
 mod limits;
 mod load;
+mod remote;
 mod restart;
+// The SeaweedFS launcher of the library's tests, shared rather than copied.
+#[path = "../../../streamcache/tests/it/s3.rs"]
+mod s3;
 mod security;
 mod support;

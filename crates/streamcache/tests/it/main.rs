@@ -14,6 +14,10 @@ mod hostile;
 mod logging;
 mod memory;
 mod props;
+#[cfg(feature = "remote")]
+mod remote;
+#[cfg(feature = "remote")]
+mod s3;
 mod seek;
 mod send_sync;
 mod sendfile;
