@@ -17,7 +17,7 @@ use super::{Remote, RemoteError};
 use crate::metrics::Metrics;
 
 /// How much longer than `max_age` a manifest stays in the store: a host that found it
-/// just before it expired has this long to download it.
+/// just before it expired has this long to download it (or `max_age`, if shorter).
 const GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// Runs sweeps of the store in the background, one at a time.
@@ -113,7 +113,7 @@ pub(crate) fn sweep(
     for key in keys.into_values() {
         let mut committed = None;
         if let Some(manifest) = &key.manifest {
-            if old(manifest, max_age + GRACE) {
+            if old(manifest, max_age + GRACE.min(max_age)) {
                 doomed.push(manifest.location.clone());
             } else {
                 let read = remote.call("read manifest", async {

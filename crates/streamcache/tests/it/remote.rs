@@ -75,7 +75,11 @@ fn put(store: &Arc<dyn ObjectStore>, path: &str, bytes: Vec<u8>) {
 fn until(cache: &Cache, what: &str, done: impl Fn(&Stats) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !done(&cache.stats()) {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting: {what}; {:?}",
+            cache.stats()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -354,4 +358,51 @@ fn blake3_hex(key: &str) -> String {
 
 fn blake3_hex_bytes(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
+}
+
+#[test]
+fn the_sweep_removes_expired_manifests_leases_and_parts_of_dead_uploads_and_keeps_live_ones() {
+    let store = S3Server::shared().store();
+    let prefix = prefix("sweep");
+    let max_age = Duration::from_secs(5);
+    let dir = TempCache::with(|cfg| {
+        cfg.max_age = max_age;
+        cfg.remote = Some(remote(&store, &prefix, 4096));
+    });
+    let cache = &dir.cache;
+    // Sweeps run when this test says, not every max_age.
+    cache.stop();
+    let publish = |key: &str| {
+        let (mut s, _) = cache
+            .lookup(key, crate::support::produce(random_bytes(10_000)))
+            .unwrap();
+        drain(&mut s).1.unwrap();
+        cache.wait_uploaded();
+    };
+    // Old: a published entry (manifest, 3 parts, lease) and a dead upload (lease, part).
+    publish("old");
+    let dead = format!("{prefix}/aa/{}", "b".repeat(62));
+    put(&store, &format!("{dead}/lease"), b"{}".to_vec());
+    put(&store, &format!("{dead}/parts/dead/00000000"), vec![1; 10]);
+    assert_eq!(objects(&store, &prefix).len(), 7);
+    // Past max_age and the manifest's grace (max_age again, for so short a max_age):
+    // time passing is what this test is about.
+    std::thread::sleep(max_age * 2 + Duration::from_secs(1));
+    publish("new");
+    let swept_before = cache.stats().remote_swept_objects;
+    cache.run_maintenance();
+    until(cache, "the sweep removed the 7 old objects", |s| {
+        s.remote_swept_objects >= swept_before + 7
+    });
+    let left = objects(&store, &prefix);
+    assert_eq!(
+        left.len(),
+        5,
+        "the new entry's manifest, 3 parts and lease: {left:?}"
+    );
+    let new_dir = {
+        let hex = blake3_hex("new");
+        format!("{}/{}", &hex[..2], &hex[2..])
+    };
+    assert!(left.iter().all(|o| o.starts_with(&new_dir)), "{left:?}");
 }
