@@ -56,7 +56,7 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// Machine limits: page-cache write and read, memory copy (run first whenever
-    /// another workload but w5 is, unless --no-w0).
+    /// another workload but w5, w6 or w7 is, unless --no-w0).
     #[value(name = "w0")]
     W0,
     /// Fan-out, zero copy and peak RSS: w1-fanout, w1-zc and w1-rss.
@@ -86,6 +86,10 @@ enum Workload {
     /// A git clone storm through the daemon.
     #[value(name = "w5")]
     W5,
+    /// A git clone storm over two daemons, with and without the shared tier
+    /// (SeaweedFS's `weed` on the PATH).
+    #[value(name = "w6")]
+    W6,
     /// The daemon serving one finished entry to N clients, beside nginx.
     #[value(name = "w7")]
     W7,
@@ -159,10 +163,14 @@ struct Flags {
     /// Concurrent clones in w5 [default: 8].
     #[arg(long, value_name = "N", value_parser = count)]
     w5_clients: Option<usize>,
+    /// Concurrent clones in w6, spread over its two daemons [default: 8].
+    #[arg(long, value_name = "N", value_parser = count)]
+    w6_clients: Option<usize>,
     /// N values of w7 (concurrent clients), comma-separated [default: 1,16,64,256].
     #[arg(long, value_name = "LIST", value_parser = counts)]
     w7_clients: Option<Counts>,
-    /// The streamcache daemon binary for w5 and w7 [default: `streamcache` next to this binary].
+    /// The streamcache daemon binary for w5, w6 and w7 [default: `streamcache` next to
+    /// this binary].
     #[arg(long, value_name = "PATH")]
     daemon: Option<PathBuf>,
     /// The idle guard waits until the machine has been under 4% CPU for this long
@@ -271,6 +279,7 @@ pub(crate) enum Part {
     W3,
     W4,
     W5,
+    W6,
     W7,
     Durable,
 }
@@ -289,10 +298,11 @@ impl Workload {
             Workload::W3 => &[W3],
             Workload::W4 => &[W4],
             Workload::W5 => &[W5],
+            Workload::W6 => &[W6],
             Workload::W7 => &[W7],
             Workload::Durable => &[Durable],
             Workload::All => &[
-                W0, W1Fanout, W1ZeroCopy, W1Rss, W1Async, W2, W3, W4, W5, W7, Durable,
+                W0, W1Fanout, W1ZeroCopy, W1Rss, W1Async, W2, W3, W4, W5, W6, W7, Durable,
             ],
         }
     }
@@ -317,6 +327,7 @@ pub(crate) struct Options {
     pub(crate) rss_sizes: Vec<u64>,
     pub(crate) w5_repo_mb: u64,
     pub(crate) w5_clients: usize,
+    pub(crate) w6_clients: usize,
     pub(crate) w7_clients: Vec<usize>,
     pub(crate) daemon: Option<PathBuf>,
     pub(crate) idle_window: Duration,
@@ -377,6 +388,7 @@ fn options(workloads: &[Workload], f: Flags) -> Options {
         ),
         w5_repo_mb: or_default(f.w5_repo_mb, quick, 120, 20),
         w5_clients: f.w5_clients.unwrap_or(8),
+        w6_clients: f.w6_clients.unwrap_or(8),
         w7_clients: f.w7_clients.map_or_else(|| vec![1, 16, 64, 256], |c| c.0),
         daemon: f.daemon,
         idle_window: or_default(f.idle_window, quick, secs(9), secs(2)),
@@ -419,7 +431,7 @@ mod tests {
     #[test]
     fn all_selects_every_part_on_both_file_systems_with_workload_defaults() {
         let o = run("all");
-        assert_eq!(o.parts.len(), 11);
+        assert_eq!(o.parts.len(), 12);
         assert_eq!(o.w7_clients, vec![1, 16, 64, 256]);
         assert_eq!(o.fs, vec![Fs::Tmpfs, Fs::Ext4]);
         assert_eq!((o.size, o.w0_size, o.w4_size), (GIB, 4 * GIB, 256 * MIB));
@@ -427,6 +439,7 @@ mod tests {
         assert_eq!(o.readers, vec![1, 4, 16, 64]);
         assert_eq!(o.rss_sizes, vec![GIB, 4 * GIB]);
         assert_eq!((o.w5_repo_mb, o.w5_clients, o.retries), (120, 8, 2));
+        assert_eq!(o.w6_clients, 8);
         assert_eq!(o.idle_window, Duration::from_secs(9));
         assert_eq!(o.idle_timeout, Duration::from_secs(120));
         assert!(o.idle_wait && o.w0_always);
@@ -441,6 +454,7 @@ mod tests {
         assert_eq!(o.parts, vec![W1Fanout, W1ZeroCopy, W1Rss, W3]);
         assert_eq!(o.fs, vec![Fs::Tmpfs, Fs::Ext4]);
         assert_eq!(run("w5,w2 w0").parts, vec![W0, W2, W5]);
+        assert_eq!(run("w7 w6").parts, vec![W6, W7]);
         assert_eq!(run("zerocopy rss").parts, vec![W1ZeroCopy, W1Rss]);
         assert_eq!(run("w1-zc w1-rss w4").parts, vec![W1ZeroCopy, W1Rss, W4]);
     }
@@ -475,7 +489,7 @@ mod tests {
         let o = run(
             "w1 --json out.json --reps 5 --size 2G --w0-size 1G --w4-size 32M \
              --w3-keys 500 --w3-hot 50 --readers 2,8 --rss-sizes 1M,2M --w5-repo-mb 30 \
-             --w5-clients 3 --daemon /bin/sc --idle-window 1.5 --idle-timeout 0 \
+             --w5-clients 3 --w6-clients 4 --daemon /bin/sc --idle-window 1.5 --idle-timeout 0 \
              --no-idle-wait --no-w0 --max-foreign 25 --retries 0",
         );
         assert_eq!(o.json, Some(PathBuf::from("out.json")));
@@ -486,7 +500,7 @@ mod tests {
         assert_eq!((o.w3_keys, o.w3_hot), (500, 50));
         assert_eq!(o.readers, vec![2, 8]);
         assert_eq!(o.rss_sizes, vec![MIB, 2 * MIB]);
-        assert_eq!((o.w5_repo_mb, o.w5_clients), (30, 3));
+        assert_eq!((o.w5_repo_mb, o.w5_clients, o.w6_clients), (30, 3, 4));
         assert_eq!(o.daemon, Some(PathBuf::from("/bin/sc")));
         assert_eq!(o.idle_window, Duration::from_millis(1500));
         assert_eq!(o.idle_timeout, Duration::ZERO);
@@ -532,6 +546,7 @@ mod tests {
         assert!(parse("w1 --idle-timeout inf").is_err());
         assert!(parse("w1 --max-foreign 0").is_err());
         assert!(parse("w1 --w5-repo-mb 0").is_err());
+        assert!(parse("w6 --w6-clients 0").is_err());
         assert!(parse("w1 --retries -1").is_err());
         assert!(parse("w1 --reps").is_err());
     }

@@ -1,4 +1,4 @@
-//! `streamcache-bench`: runs the benchmark workloads W0 to W5 and W7 (docs/BENCHMARKS.md)
+//! `streamcache-bench`: runs the benchmark workloads W0 to W7 (docs/BENCHMARKS.md)
 //! against the cache and against the machine's own limits, measured in the same run.
 //!
 //! Every workload runs one thrown-away warm-up repetition, then `--reps` measured ones
@@ -27,6 +27,7 @@ mod w2;
 mod w3;
 mod w4;
 mod w5;
+mod w6;
 mod w7;
 mod workloads;
 
@@ -130,9 +131,13 @@ fn run(opts: args::Options) -> io::Result<()> {
     ctx.say(&format!("machine: {header}"));
     ctx.say(&reference_line);
     let parts = ctx.opts.parts.clone();
-    // W0 is the denominator of every ratio: run it whenever anything else but W5 is.
+    // W0 is the denominator of every ratio: run it whenever anything but the daemon's
+    // workloads (W5 to W7, which have no ratio to it) is.
     let need_w0 = parts.contains(&Part::W0)
-        || (ctx.opts.w0_always && parts.iter().any(|p| !matches!(p, Part::W5 | Part::W7)));
+        || (ctx.opts.w0_always
+            && parts
+                .iter()
+                .any(|p| !matches!(p, Part::W5 | Part::W6 | Part::W7)));
     for fs in ctx.opts.fs.clone() {
         let kind = sys::fs_type(&fs.base());
         ctx.say(&format!(
@@ -162,6 +167,7 @@ fn run(opts: args::Options) -> io::Result<()> {
                 Part::W3 => w3::run(&mut ctx, fs)?,
                 Part::W4 => w4::run(&mut ctx, fs)?,
                 Part::W5 => w5::run(&mut ctx, fs)?,
+                Part::W6 => w6::run(&mut ctx, fs)?,
                 Part::W7 => w7::run(&mut ctx, fs)?,
                 Part::Durable => durable::run(&mut ctx, fs)?,
             }

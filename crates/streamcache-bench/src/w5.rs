@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process, Pid, Signal};
 
 use crate::ctx::{Ctx, Fig, Sample};
-use crate::sys::{self, Fs, Who};
+use crate::sys::{self, Fs, ScratchDir, Who};
 
 /// `__rusage FILE CMD ARGS...`: runs CMD with our stdio, then appends the CPU seconds
 /// of CMD and all it waited for to FILE and exits with CMD's status.
@@ -64,22 +64,15 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     let repo = repository(ctx)?;
     let packed = pack_size(&repo)?;
     let clients = ctx.opts.w5_clients;
-    // Private copies of both binaries: git runs them by path from a shell, and a
-    // concurrent `cargo build` may replace the files in the target dir mid-run.
-    let tools = ctx.scratch(Fs::Ext4, "tools")?;
-    let exe = tools.path().join("streamcache-bench");
-    fs::copy("/proc/self/exe", &exe)?;
-    let daemon_copy = tools.path().join("streamcache");
-    fs::copy(&daemon, &daemon_copy)?;
-    let daemon = daemon_copy;
+    let tools = Tools::copy(ctx, &daemon)?;
     let repo_mb = format!("{:.0} MB", packed as f64 / 1e6);
 
     for (depth, n) in [(None, clients), (Some(1), clients), (None, 1)] {
         let kind = if depth.is_some() { "depth 1" } else { "full" };
         let label = format!("w5 {} {n} x clone {kind}", fs.name());
         let setup = Setup {
-            exe: &exe,
-            daemon: &daemon,
+            exe: &tools.exe,
+            daemon: &tools.daemon,
             repo: &repo,
             depth,
         };
@@ -159,11 +152,37 @@ pub(crate) fn run(ctx: &mut Ctx, fs: Fs) -> io::Result<()> {
     Ok(())
 }
 
-struct Setup<'a> {
-    exe: &'a Path,
-    daemon: &'a Path,
-    repo: &'a Path,
-    depth: Option<u32>,
+/// Private copies of this binary and of the daemon: git runs them by path from a
+/// shell, and a concurrent `cargo build` may replace the files in the target dir
+/// mid-run. They live as long as this value.
+pub(crate) struct Tools {
+    _dir: ScratchDir,
+    /// This binary, for the `__rusage` wrapper.
+    pub(crate) exe: PathBuf,
+    pub(crate) daemon: PathBuf,
+}
+
+impl Tools {
+    pub(crate) fn copy(ctx: &mut Ctx, daemon: &Path) -> io::Result<Tools> {
+        let dir = ctx.scratch(Fs::Ext4, "tools")?;
+        let exe = dir.path().join("streamcache-bench");
+        fs::copy("/proc/self/exe", &exe)?;
+        let copy = dir.path().join("streamcache");
+        fs::copy(daemon, &copy)?;
+        Ok(Tools {
+            _dir: dir,
+            exe,
+            daemon: copy,
+        })
+    }
+}
+
+/// What a clone storm runs: the binaries, the repository and the kind of clone.
+pub(crate) struct Setup<'a> {
+    pub(crate) exe: &'a Path,
+    pub(crate) daemon: &'a Path,
+    pub(crate) repo: &'a Path,
+    pub(crate) depth: Option<u32>,
 }
 
 struct Storm {
@@ -179,29 +198,67 @@ struct Storm {
 /// lives in `dir`) or not.
 fn storm(s: &Setup<'_>, dir: &Path, n: usize, hook: bool) -> io::Result<Storm> {
     fs::create_dir_all(dir)?;
-    let wrappers = dir.join("server-cpu");
     let gitconfig = dir.join("gitconfig");
-    let socket = dir.join("d.sock");
-    let mut daemon = None;
-    if hook {
-        daemon = Some(start_daemon(
-            s.daemon,
-            &socket,
-            &dir.join("cache"),
-            dir,
-            &[],
-        )?);
-        fs::write(
-            &gitconfig,
-            format!(
-                "[uploadpack]\n\tpackObjectsHook = {} exec --socket {} --\n",
-                s.daemon.display(),
-                socket.display()
-            ),
-        )?;
-    } else {
+    if !hook {
         fs::write(&gitconfig, "")?;
+        let c = clones(s, dir, n, &gitconfig, &|_| None)?;
+        return Ok(Storm {
+            wall: c.wall,
+            server: c.server,
+            daemon: 0.0,
+            client: c.client,
+            runs: n as u64,
+        });
     }
+    let socket = dir.join("d.sock");
+    let daemon = start_daemon(s.daemon, &socket, &dir.join("cache"), dir, &[], &[])?;
+    fs::write(&gitconfig, hook_config(s.daemon, Some(&socket)))?;
+    let result = clones(s, dir, n, &gitconfig, &|_| None).and_then(|c| {
+        let stats = daemon_stats(s.daemon, &socket)?;
+        Ok((c, pack_objects_runs(&stats)))
+    });
+    let daemon_cpu = stop_daemons(vec![daemon])?;
+    let (c, runs) = result?;
+    Ok(Storm {
+        wall: c.wall,
+        server: c.server + daemon_cpu,
+        daemon: daemon_cpu,
+        client: c.client,
+        runs,
+    })
+}
+
+/// A git config whose `uploadpack.packObjectsHook` is the daemon's client: with
+/// `--socket` when given, else the client finds its daemon by `STREAMCACHE_SOCKET`.
+pub(crate) fn hook_config(daemon: &Path, socket: Option<&Path>) -> String {
+    let socket = socket.map_or_else(String::new, |s| format!(" --socket {}", s.display()));
+    format!(
+        "[uploadpack]\n\tpackObjectsHook = {} exec{socket} --\n",
+        daemon.display()
+    )
+}
+
+/// What a storm of clones took: its wall time, and the CPU of the clones' process
+/// trees, split into the server side (the `__rusage` wrappers: upload-pack and all
+/// below it) and the client side (the rest).
+pub(crate) struct Clones {
+    pub(crate) wall: f64,
+    pub(crate) server: f64,
+    pub(crate) client: f64,
+}
+
+/// `n` concurrent `git clone`s of `s.repo` into `dir/clone-I`, configured by
+/// `gitconfig` alone, each upload-pack run through the `__rusage` wrapper; clone I
+/// gets `STREAMCACHE_SOCKET=socket(I)` when that is some. An error names the first
+/// clone that failed, once all have ended.
+pub(crate) fn clones(
+    s: &Setup<'_>,
+    dir: &Path,
+    n: usize,
+    gitconfig: &Path,
+    socket: &dyn Fn(usize) -> Option<PathBuf>,
+) -> io::Result<Clones> {
+    let wrappers = dir.join("server-cpu");
     let upload_pack = format!(
         "{} __rusage {} git upload-pack",
         s.exe.display(),
@@ -222,11 +279,14 @@ fn storm(s: &Setup<'_>, dir: &Path, n: usize, hook: bool) -> io::Result<Storm> {
             .arg(&upload_pack)
             .arg(&url)
             .arg(dir.join(format!("clone-{i}")))
-            .env("GIT_CONFIG_GLOBAL", &gitconfig)
+            .env("GIT_CONFIG_GLOBAL", gitconfig)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(socket) = socket(i) {
+            cmd.env("STREAMCACHE_SOCKET", socket);
+        }
         clones.push(cmd.spawn()?);
     }
     let mut failure = None;
@@ -238,51 +298,77 @@ fn storm(s: &Setup<'_>, dir: &Path, n: usize, hook: bool) -> io::Result<Storm> {
     }
     let wall = t.elapsed().as_secs_f64();
     let c1 = sys::cpu_seconds(Who::Children);
-
-    let mut runs = n as u64;
-    let mut daemon_cpu = 0.0;
-    if let Some(d) = daemon {
-        let stats = Command::new(s.daemon)
-            .args(["stats", "--raw", "--socket"])
-            .arg(&socket)
-            .output()?;
-        let text = String::from_utf8_lossy(&stats.stdout);
-        let stat = |name: &str| {
-            text.lines()
-                .find(|l| l.split('=').next().is_some_and(|k| k.ends_with(name)))
-                .and_then(|l| l.rsplit('=').next())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        runs = stat("children_started_total").unwrap_or(0) + stat("refused_total").unwrap_or(0);
-        let before = sys::cpu_seconds(Who::Children);
-        stop_daemon(d)?;
-        daemon_cpu = sys::cpu_seconds(Who::Children) - before;
-    }
     if let Some(err) = failure {
         return Err(io::Error::other(format!("git clone failed: {err}")));
     }
+    // Every wrapper has written its line: git waits for its upload-pack.
     let wrapped: f64 = fs::read_to_string(&wrappers)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse::<f64>().ok())
         .sum();
-    Ok(Storm {
+    Ok(Clones {
         wall,
-        server: wrapped + daemon_cpu,
-        daemon: daemon_cpu,
+        server: wrapped,
         client: (c1 - c0 - wrapped).max(0.0),
-        runs,
     })
 }
 
-/// `streamcache serve` with its socket, cache and log (`dir/daemon.log`), and `extra`
-/// flags; returns once the socket accepts.
+/// The `key=value` lines of `streamcache stats --raw` from the daemon on `socket`.
+pub(crate) fn daemon_stats(daemon: &Path, socket: &Path) -> io::Result<String> {
+    let out = Command::new(daemon)
+        .args(["stats", "--raw", "--socket"])
+        .arg(socket)
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "`streamcache stats` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The counter `streamcache_<name>` in the text of [`daemon_stats`].
+pub(crate) fn counter(stats: &str, name: &str) -> Option<u64> {
+    stats
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(key, _)| key.trim().strip_prefix("streamcache_") == Some(name))
+        .and_then(|(_, value)| value.trim().parse().ok())
+}
+
+/// The times `pack-objects` ran for the clients of one daemon: the commands it started,
+/// plus the requests it refused (their clients ran the command themselves).
+pub(crate) fn pack_objects_runs(stats: &str) -> u64 {
+    counter(stats, "children_started_total").unwrap_or(0)
+        + counter(stats, "refused_total").unwrap_or(0)
+}
+
+/// Stops every daemon of `daemons` (see [`stop_daemon`]); the CPU seconds they used in
+/// all their lives, with the commands they ran and waited for: the change in our
+/// `RUSAGE_CHILDREN` across the waits.
+pub(crate) fn stop_daemons(daemons: Vec<Child>) -> io::Result<f64> {
+    let before = sys::cpu_seconds(Who::Children);
+    let mut result = Ok(());
+    for d in daemons {
+        if let Err(e) = stop_daemon(d) {
+            result = result.and(Err(e));
+        }
+    }
+    result.map(|()| sys::cpu_seconds(Who::Children) - before)
+}
+
+/// `streamcache serve` with its socket, cache and log (`dir/daemon.log`), `extra`
+/// flags and `envs` added to its environment; returns once the socket accepts.
 pub(crate) fn start_daemon(
     bin: &Path,
     socket: &Path,
     cache: &Path,
     dir: &Path,
     extra: &[&str],
+    envs: &[(&str, &str)],
 ) -> io::Result<Child> {
     let log = File::create(dir.join("daemon.log"))?;
     let mut child = Command::new(bin)
@@ -292,6 +378,7 @@ pub(crate) fn start_daemon(
         .arg("--dir")
         .arg(cache)
         .args(extra)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -328,7 +415,8 @@ pub(crate) fn stop_daemon(mut child: Child) -> io::Result<ExitStatus> {
     child.wait()
 }
 
-fn pack_size(repo: &Path) -> io::Result<u64> {
+/// The bytes of the repository's packs.
+pub(crate) fn pack_size(repo: &Path) -> io::Result<u64> {
     let mut total = 0;
     for e in fs::read_dir(repo.join("objects/pack"))? {
         let e = e?;
@@ -341,7 +429,7 @@ fn pack_size(repo: &Path) -> io::Result<u64> {
 
 /// The bare repository W5 clones, made once and kept under the temp dir (its name
 /// carries the size), so later runs reuse it.
-fn repository(ctx: &mut Ctx) -> io::Result<PathBuf> {
+pub(crate) fn repository(ctx: &mut Ctx) -> io::Result<PathBuf> {
     let mb = ctx.opts.w5_repo_mb;
     let repo = std::env::temp_dir().join(format!("streamcache-bench-w5-repo-{mb}mb-v2.git"));
     if repo.join("bench-ready").exists() {
@@ -479,5 +567,31 @@ mod tests {
         let child = Command::new("sleep").arg("60").spawn().unwrap();
         let status = stop_daemon(child).unwrap();
         assert_eq!(status.signal(), Some(Signal::TERM.as_raw()));
+    }
+
+    #[test]
+    fn a_counter_is_found_by_its_whole_name() {
+        let stats = "socket=/s\nstreamcache_peer_refused_total=7\nstreamcache_refused_total=2\n\
+                     streamcache_remote_hits_total=5\nstreamcache_hits_total=3\n\
+                     streamcache_children_started_total=1\n";
+        assert_eq!(counter(stats, "refused_total"), Some(2));
+        assert_eq!(counter(stats, "hits_total"), Some(3));
+        assert_eq!(counter(stats, "remote_hits_total"), Some(5));
+        assert_eq!(counter(stats, "socket"), None);
+        assert_eq!(counter(stats, "misses_total"), None);
+        assert_eq!(pack_objects_runs(stats), 3);
+    }
+
+    #[test]
+    fn the_hook_names_a_socket_only_when_given_one() {
+        let d = Path::new("/t/streamcache");
+        assert_eq!(
+            hook_config(d, Some(Path::new("/r/d.sock"))),
+            "[uploadpack]\n\tpackObjectsHook = /t/streamcache exec --socket /r/d.sock --\n"
+        );
+        assert_eq!(
+            hook_config(d, None),
+            "[uploadpack]\n\tpackObjectsHook = /t/streamcache exec --\n"
+        );
     }
 }

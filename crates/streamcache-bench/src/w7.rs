@@ -192,6 +192,7 @@ fn daemon_phase(s: &Setup<'_>, dir: &Path, n: usize, rounds: u64) -> io::Result<
         &dir.join("cache"),
         dir,
         &["--allow", "cat", "--max-age", "1h"],
+        &[],
     )?;
     let pid = child.id();
     let result = (|| {
@@ -337,19 +338,8 @@ fn reap(children: Vec<Child>) {
 
 /// One of the daemon's counters, from `streamcache stats --raw`.
 fn stat(daemon: &Path, socket: &Path, name: &str) -> io::Result<u64> {
-    let out = Command::new(daemon)
-        .args(["stats", "--raw", "--socket"])
-        .arg(socket)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| {
-            l.split('=')
-                .next()
-                .is_some_and(|k| k.trim().ends_with(name))
-        })
-        .and_then(|l| l.rsplit('=').next())
-        .and_then(|v| v.trim().parse().ok())
+    let text = w5::daemon_stats(daemon, socket)?;
+    w5::counter(&text, name)
         .ok_or_else(|| io::Error::other(format!("no {name} in `streamcache stats --raw`: {text}")))
 }
 
@@ -449,7 +439,7 @@ fn nginx_pids(master: u32) -> Vec<u32> {
 }
 
 /// User + system clock ticks of a process, all its threads (0 once it is gone).
-fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     parse_cpu_ticks(&text).unwrap_or(0)
 }
