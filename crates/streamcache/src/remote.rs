@@ -63,6 +63,11 @@ pub const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(30);
 /// The default bound on one request to the store.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most bytes a manifest or a lease may take: a manifest lists 66 bytes per part,
+/// so this is more than a terabyte in 8 MiB parts. Larger objects are refused unread,
+/// so that a damaged store cannot make a host allocate without bound.
+const MAX_SMALL_OBJECT: u64 = 32 << 20;
+
 /// How long the store is left alone after it failed a request: lookups meanwhile
 /// produce locally without asking it, so an unreachable store costs one timeout per
 /// this period, not one per lookup.

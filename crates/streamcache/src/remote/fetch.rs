@@ -9,7 +9,7 @@ use object_store::ObjectStoreExt;
 
 use super::format::{LeaseState, Manifest};
 use super::publish::{self, Claim, Seen};
-use super::{bounded, Job, Names, Remote, RemoteError};
+use super::{bounded, Job, Names, Remote, RemoteError, MAX_SMALL_OBJECT};
 use crate::runner::Producer;
 use crate::writer::Writer;
 
@@ -28,19 +28,22 @@ pub(super) enum Found {
 pub(super) fn look(job: &Job, names: &Names) -> Result<Found, RemoteError> {
     let remote = &job.remote;
     let path = names.manifest();
-    let bytes = match remote.call("read manifest", async {
-        remote.store.get(&path).await?.bytes().await
-    }) {
-        Ok(bytes) => bytes,
+    let got = match remote.call("read manifest", remote.store.get(&path)) {
+        Ok(got) => got,
         Err(err) if err.is_not_found() => return Ok(Found::Nothing),
         Err(err) => return Err(err),
     };
-    let refusal = match serde_json::from_slice::<Manifest>(&bytes) {
-        Ok(manifest) => match manifest.refusal(&job.key, job.max_age, SystemTime::now()) {
-            None => return Ok(Found::Manifest(manifest)),
-            Some(why) => why,
-        },
-        Err(err) => format!("manifest is not one: {err}"),
+    let refusal = if got.meta.size > MAX_SMALL_OBJECT {
+        format!("manifest of {} bytes", got.meta.size)
+    } else {
+        let bytes = remote.call("read manifest", got.bytes())?;
+        match serde_json::from_slice::<Manifest>(&bytes) {
+            Ok(manifest) => match manifest.refusal(&job.key, job.max_age, SystemTime::now()) {
+                None => return Ok(Found::Manifest(manifest)),
+                Some(why) => why,
+            },
+            Err(err) => format!("manifest is not one: {err}"),
+        }
     };
     if refusal != "expired" {
         job.metrics.add_verification_failures(1);
@@ -53,7 +56,8 @@ pub(super) fn look(job: &Job, names: &Names) -> Result<Found, RemoteError> {
     Ok(Found::Nothing)
 }
 
-/// Downloads part `index` of `upload` and checks it against `digest` and `len`.
+/// Downloads part `index` of `upload` and checks it against `digest` and its length:
+/// `len` if known, else at most `max` (the last part listed by a lease may be short).
 fn part(
     remote: &Remote,
     names: &Names,
@@ -61,24 +65,28 @@ fn part(
     index: usize,
     digest: &str,
     len: Option<u64>,
+    max: u64,
 ) -> tokio::task::JoinHandle<Result<bytes::Bytes, RemoteError>> {
     let store = std::sync::Arc::clone(&remote.store);
     let path = names.part(upload, index);
     let digest = digest.to_owned();
     let timeout = remote.timeout;
     remote.runtime.handle().spawn(async move {
-        let bytes = bounded("download part", timeout, async {
-            store.get(&path).await?.bytes().await
-        })
-        .await?;
-        if len.is_some_and(|len| len != bytes.len() as u64) {
+        let got = bounded("download part", timeout, store.get(&path)).await?;
+        // Checked before the body is read: a damaged store cannot make us allocate
+        // more than a part.
+        let size = got.meta.size;
+        if len.map_or(size > max, |len| len != size) {
             return Err(RemoteError::Refused {
                 what: "part",
-                why: format!(
-                    "{path} holds {} bytes, not {}",
-                    bytes.len(),
-                    len.unwrap_or(0)
-                ),
+                why: format!("{path} holds {size} bytes, not {}", len.unwrap_or(max)),
+            });
+        }
+        let bytes = bounded("download part", timeout, got.bytes()).await?;
+        if bytes.len() as u64 != size {
+            return Err(RemoteError::Refused {
+                what: "part",
+                why: format!("{path} sent {} bytes of {size}", bytes.len()),
             });
         }
         if blake3::hash(&bytes).to_hex().as_str() != digest {
@@ -127,6 +135,7 @@ pub(super) fn serve(
             index,
             &manifest.parts[index],
             Some(manifest.part_len(index)),
+            manifest.part_size,
         )
     };
     let mut next = (!manifest.parts.is_empty()).then(|| start(0));
@@ -201,6 +210,7 @@ impl Staged {
                     index,
                     &digests[index],
                     Some(part_size).filter(|_| index + 1 < digests.len()),
+                    part_size,
                 ),
             )?;
             self.file.write_all(&bytes).map_err(local)?;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::format::{upload_id, LeaseBody, LeaseState, Manifest};
-use super::{bounded, Job, Names, Remote, RemoteError};
+use super::{bounded, Job, Names, Remote, RemoteError, MAX_SMALL_OBJECT};
 use crate::stream::Stream;
 
 /// What creating the lease found.
@@ -143,11 +143,15 @@ pub(super) fn read(remote: &Remote, names: &Names) -> Result<Option<Seen>, Remot
             e_tag: got.meta.e_tag.clone(),
             version: got.meta.version.clone(),
         };
-        Ok((version, got.bytes().await?))
+        // Not read if too large: an unreadable lease, taken over.
+        if got.meta.size > MAX_SMALL_OBJECT {
+            return Ok((version, None));
+        }
+        Ok((version, Some(got.bytes().await?)))
     });
     match got {
         Ok((version, bytes)) => Ok(Some(Seen {
-            body: serde_json::from_slice(&bytes).ok(),
+            body: bytes.and_then(|bytes| serde_json::from_slice(&bytes).ok()),
             version,
         })),
         Err(err) if err.is_not_found() => Ok(None),

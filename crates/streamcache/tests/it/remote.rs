@@ -237,33 +237,41 @@ fn a_manifest_whose_digest_does_not_match_its_parts_is_never_served() {
 }
 
 #[test]
-fn a_part_altered_in_the_store_is_never_served() {
+fn a_part_altered_or_resized_in_the_store_is_never_served() {
     let store = S3Server::shared().store();
-    let data = random_bytes(30_000);
-    let prefix = published(&store, "k", &data, 8192);
-    let part = objects(&store, &prefix)
-        .into_iter()
-        .find(|n| n.ends_with("/00000000"))
-        .unwrap();
-    let path = format!("{prefix}/{part}");
-    let mut bytes = get(&store, &path);
-    bytes[100] ^= 1;
-    put(&store, &path, bytes);
+    fn flip(bytes: &mut Vec<u8>) {
+        bytes.as_mut_slice()[100] ^= 1;
+    }
+    fn grow(bytes: &mut Vec<u8>) {
+        bytes.extend_from_slice(&[0; 1 << 20]);
+    }
+    for alter in [flip, grow] {
+        let data = random_bytes(30_000);
+        let prefix = published(&store, "k", &data, 8192);
+        let part = objects(&store, &prefix)
+            .into_iter()
+            .find(|n| n.ends_with("/00000000"))
+            .unwrap();
+        let path = format!("{prefix}/{part}");
+        let mut bytes = get(&store, &path);
+        alter(&mut bytes);
+        put(&store, &path, bytes);
 
-    let b = host(remote(&store, &prefix, 8192));
-    let (mut s, _) = b
-        .cache
-        .lookup("k", crate::support::produce(b"made on B".to_vec()))
-        .unwrap();
-    let (got, result) = drain(&mut s);
-    result.unwrap();
-    assert_eq!(got, b"made on B", "nothing of the altered part was served");
-    let stats = b.cache.stats();
-    assert_eq!(
-        (stats.remote_hits, stats.verification_failures),
-        (0, 1),
-        "{stats:?}"
-    );
+        let b = host(remote(&store, &prefix, 8192));
+        let (mut s, _) = b
+            .cache
+            .lookup("k", crate::support::produce(b"made on B".to_vec()))
+            .unwrap();
+        let (got, result) = drain(&mut s);
+        result.unwrap();
+        assert_eq!(got, b"made on B", "nothing of the altered part was served");
+        let stats = b.cache.stats();
+        assert_eq!(
+            (stats.remote_hits, stats.verification_failures),
+            (0, 1),
+            "{stats:?}"
+        );
+    }
 }
 
 #[test]
