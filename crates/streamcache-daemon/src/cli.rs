@@ -169,6 +169,15 @@ struct ExecArgs {
     /// Also send this environment variable (it goes into the key); repeatable.
     #[arg(long = "env", value_name = "NAME")]
     env: Vec<OsString>,
+    /// Print each part of the cache key (program, arguments, directory, each forwarded
+    /// variable, key material, stdin digest) and the key, one per line, and run
+    /// nothing: two requests that should share an entry can then be diffed.
+    #[arg(long, conflicts_with = "explain_to")]
+    explain: bool,
+    /// Append that explanation of each request to FILE, then serve it as usual (put it
+    /// in the hook while finding out why identical fetches stopped hitting).
+    #[arg(long, value_name = "FILE")]
+    explain_to: Option<PathBuf>,
     /// The command: PROGRAM ARGS...
     #[arg(
         required = true,
@@ -224,6 +233,8 @@ fn run(cli: Cli) -> ExitCode {
                 daemon_user: args.daemon_user,
                 key: args.key,
                 extra_env: args.env,
+                explain: args.explain,
+                explain_to: args.explain_to,
                 command: args.command,
             });
             ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))

@@ -80,6 +80,11 @@ pub(crate) struct ExecOptions {
     pub(crate) daemon_user: Option<String>,
     pub(crate) key: Option<OsString>,
     pub(crate) extra_env: Vec<OsString>,
+    /// Print the parts of the key and the key, and run nothing (`--explain`).
+    pub(crate) explain: bool,
+    /// Append the explanation of the request to this file, then go on as usual
+    /// (`--explain-to`).
+    pub(crate) explain_to: Option<PathBuf>,
     pub(crate) command: Vec<OsString>,
 }
 
@@ -125,6 +130,31 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
             return 1;
         }
     };
+    if opts.explain || opts.explain_to.is_some() {
+        let explained = request(&opts, program, args, stdin.len())
+            .and_then(|r| crate::explain::explanation(&r, &mut stdin).map_err(|e| e.to_string()));
+        if opts.explain {
+            return match explained {
+                Ok(text) => match io::stdout().write_all(text.as_bytes()) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("streamcache: {e}");
+                        1
+                    }
+                },
+                Err(e) => {
+                    eprintln!("streamcache exec --explain: {e}");
+                    1
+                }
+            };
+        }
+        if let Some(path) = &opts.explain_to {
+            // Best effort: explaining never stops the command.
+            if let Err(e) = explained.and_then(|text| append(path, &text)) {
+                say(&format!("cannot explain into {}: {e}", path.display()));
+            }
+        }
+    }
     let mut notes = Vec::new();
     let client =
         crate::settings::client_settings(opts.socket.clone(), opts.daemon_user.clone(), &mut notes);
@@ -177,24 +207,9 @@ fn through_daemon(
     socket: &Path,
     stdin: &mut Spill,
 ) -> Done {
-    let cwd = match std::env::current_dir().and_then(std::fs::canonicalize) {
-        Ok(cwd) => cwd,
-        Err(e) => return Done::Fallback(format!("no working directory: {e}")),
-    };
-    let request = Request {
-        program: program.as_bytes().to_vec(),
-        args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        cwd: cwd.as_os_str().as_bytes().to_vec(),
-        env: std::env::vars_os()
-            .filter(|(k, _)| forwarded_env(k, &opts.extra_env))
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect(),
-        key_material: opts
-            .key
-            .as_ref()
-            .map(|k| k.as_bytes().to_vec())
-            .unwrap_or_default(),
-        stdin_len: stdin.len(),
+    let request = match request(opts, program, args, stdin.len()) {
+        Ok(request) => request,
+        Err(reason) => return Done::Fallback(reason),
     };
     let payload = request.encode();
     if payload.len() > MAX_REQUEST_PAYLOAD {
@@ -237,6 +252,47 @@ fn through_daemon(
             Done::Exit(1)
         }
     }
+}
+
+/// The request for `program` `args` with `stdin_len` bytes of stdin, as the daemon
+/// gets it: the canonical working directory, the forwarded environment, the key
+/// material. `Err` says why there is none (no working directory).
+fn request(
+    opts: &ExecOptions,
+    program: &OsStr,
+    args: &[OsString],
+    stdin_len: u64,
+) -> Result<Request, String> {
+    let cwd = std::env::current_dir()
+        .and_then(std::fs::canonicalize)
+        .map_err(|e| format!("no working directory: {e}"))?;
+    Ok(Request {
+        program: program.as_bytes().to_vec(),
+        args: args.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        cwd: cwd.as_os_str().as_bytes().to_vec(),
+        env: std::env::vars_os()
+            .filter(|(k, _)| forwarded_env(k, &opts.extra_env))
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect(),
+        key_material: opts
+            .key
+            .as_ref()
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default(),
+        stdin_len,
+    })
+}
+
+/// Appends `text` and a blank line to `path` in one write (`O_APPEND`: explanations of
+/// concurrent requests never interleave).
+fn append(path: &Path, text: &str) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    file.write_all(format!("{text}\n").as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 /// Checks who bound the socket before anything is sent: see the module docs.

@@ -20,6 +20,7 @@ mod chain;
 mod cli;
 mod client;
 mod descriptors;
+mod explain;
 mod key;
 mod metrics;
 mod producer;

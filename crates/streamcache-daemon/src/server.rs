@@ -472,7 +472,7 @@ fn shutdown(daemon: &Daemon) {
                 pid = cut.pid,
                 program = cut.program,
                 cwd = cut.cwd,
-                key = cut.key,
+                key = %cut.key,
                 running = %humantime::format_duration(Duration::from_secs(cut.started.elapsed().as_secs())),
                 "request cut at the end of the grace period: its client gets no complete reply"
             );
@@ -613,7 +613,7 @@ fn serve_request(
         nofile: daemon.descriptors.for_commands(),
         queue: daemon.queue.clone(),
     };
-    let span = tracing::info_span!("request", pid, key = &key[..16]);
+    let span = tracing::info_span!("request", pid, key = %&key[..16]);
     let _enter = span.enter();
     let _in_flight = daemon.in_flight(InFlight {
         pid,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::support::{
-    count_lines, fixture, fsck, refs, script, text, Daemon, GitEnv, BLOBS, BLOB_SIZE,
+    count_lines, fixture, fsck, refs, script, text, Daemon, GitEnv, BIN, BLOBS, BLOB_SIZE,
 };
 
 /// A wrapper the hook puts in front of `git pack-objects`: it counts its runs, then
@@ -385,4 +385,89 @@ fn with_the_daemon_stopped_the_hook_still_clones() {
     );
     fsck(&env, &dst);
     assert_eq!(refs(&env, &dst), refs(&env, &fixture().repo));
+}
+
+/// The lines of `--explain-to`'s file for one request, by part name.
+fn explained(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            // Names are padded to 14 columns; an `env NAME` may be longer.
+            let (name, value) = match l.strip_prefix("env ") {
+                Some(rest) => {
+                    let (var, value) = rest.split_once(' ').unwrap();
+                    (format!("env {var}"), value.trim_start())
+                }
+                None => {
+                    let (name, value) = l.split_at(14.min(l.len()));
+                    (name.trim().to_owned(), value.trim_start())
+                }
+            };
+            (name, value.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn explain_gives_the_key_the_daemon_logs_and_shows_which_part_of_two_requests_differs() {
+    let work = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&[]);
+    let explain_file = |name: &str| work.path().join(name);
+    let hook = |file: &Path| {
+        format!(
+            "{BIN} exec --explain-to {} --socket {} --",
+            file.display(),
+            daemon.socket.display()
+        )
+    };
+    // Two users alike but for their home (and so their global config's path).
+    let first = GitEnv::new(Some(&hook(&explain_file("first"))));
+    let second = GitEnv::new(Some(&hook(&explain_file("second"))));
+    for (env, name) in [(&first, "a.git"), (&second, "b.git")] {
+        let dst = work.path().join(name);
+        let out = clone_cmd(env, &["--bare", "--no-local"], &fixture().repo, &dst)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        fsck(env, &dst);
+    }
+    let a = explained(&std::fs::read_to_string(explain_file("first")).unwrap());
+    let b = explained(&std::fs::read_to_string(explain_file("second")).unwrap());
+    // The key the client explains is the one the daemon served under.
+    let logged = daemon.wait_for_log(&["served", &a["key in logs"]]);
+    assert!(logged.contains("miss"), "{logged}");
+    assert_eq!(a["key"][..16], a["key in logs"]["key=".len()..]);
+    assert_eq!(daemon.stat("misses_total"), 2, "two keys, two misses");
+    // What differs: the home, the global config's path, and so the key.
+    let differing: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
+    assert_eq!(
+        differing,
+        ["env GIT_CONFIG_GLOBAL", "env HOME", "key", "key in logs"],
+        "{a:#?}\n{b:#?}"
+    );
+    assert_eq!(a["program"], "git");
+    assert_eq!(a["arg 1"], "pack-objects");
+    assert!(a["stdin"].contains("bytes, sha256 "), "{}", a["stdin"]);
+}
+
+#[test]
+fn explain_alone_prints_the_parts_and_runs_nothing() {
+    let out = Command::new(BIN)
+        .args(["exec", "--explain", "--key", "tenant 7", "--", "false", "x"])
+        .env("GIT_DIR", ".")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "false did not run: {}",
+        text(&out.stderr)
+    );
+    let parts = explained(&text(&out.stdout));
+    assert_eq!(parts["program"], "false");
+    assert_eq!(parts["arg 1"], "x");
+    assert_eq!(parts["env GIT_DIR"], ".");
+    assert_eq!(parts["key material"], "tenant 7");
+    assert!(parts["stdin"].starts_with("0 bytes"), "{}", parts["stdin"]);
+    assert_eq!(parts["key"].len(), 64);
 }
