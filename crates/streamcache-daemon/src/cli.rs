@@ -12,11 +12,34 @@ use crate::settings::{FileSettings, ServeFlags, ServeSettings};
 /// Runs a command once per key and streams its output to every caller: a cache in
 /// front of `git pack-objects` for clone storms, or any expensive command.
 #[derive(Debug, Parser)]
-#[command(name = "streamcache", version, propagate_version = true)]
+#[command(
+    name = "streamcache",
+    version,
+    propagate_version = true,
+    after_long_help = MORE
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The end of `--help` and of streamcache(1): where things are and what to read next.
+const MORE: &str = "\
+Files: the settings file /etc/streamcache.toml or ~/.config/streamcache/config.toml \
+(serve --config FILE); the cache in ~/.cache/streamcache (serve --dir); the socket in \
+$XDG_RUNTIME_DIR (serve --socket, exec --socket, or $STREAMCACHE_SOCKET).
+
+Set-up for git: git config --system uploadpack.packObjectsHook \
+'/usr/local/bin/streamcache exec --'. If the daemon is down or refuses, exec runs the \
+command itself: the cache is never the reason a clone fails (exec -v says why).
+
+Several hosts: serve --remote s3://BUCKET/PREFIX, with AWS_ENDPOINT, AWS_REGION, \
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY in the environment.
+
+Why a miss: exec --explain prints each part of the cache key.
+
+Documentation: docs/DAEMON.md of the source (settings, systemd units, security model, \
+restarts, several hosts, limits).";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -32,6 +55,13 @@ enum Command {
     Exec(ExecArgs),
     /// Print the daemon's counters.
     Stats(StatsArgs),
+    /// Write the manual pages (streamcache(1) and one per subcommand), made from these
+    /// very definitions: to DIR, or the main page to stdout. `man -l streamcache.1`
+    /// reads one; packages install them in /usr/share/man/man1.
+    Man(ManArgs),
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `streamcache completions bash > /usr/share/bash-completion/completions/streamcache`.
+    Completions(CompletionsArgs),
     /// The daemon's own: run a command, and kill everything it started when the daemon
     /// says so or dies (see `supervisor.rs`).
     #[command(hide = true)]
@@ -189,6 +219,19 @@ struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+struct ManArgs {
+    /// Write streamcache.1 and streamcache-SUBCOMMAND.1 into this directory.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
 struct StatsArgs {
     /// The daemon's socket [default: as for exec].
     #[arg(long, value_name = "PATH")]
@@ -241,8 +284,43 @@ fn run(cli: Cli) -> ExitCode {
         }
         Command::Serve(args) => report(serve(*args)),
         Command::Stats(args) => report(stats(args)),
+        Command::Man(args) => report(man(args)),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "streamcache",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Supervise(args) => crate::supervisor::supervise(args.control, &args.command),
     }
+}
+
+/// The manual pages, from the clap definitions: the main page lists the subcommands,
+/// each visible subcommand gets a page of its own with every flag.
+fn man(args: ManArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let Some(dir) = args.dir else {
+        clap_mangen::Man::new(cli).render(&mut std::io::stdout().lock())?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, command: clap::Command| -> anyhow::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command).render(&mut page)?;
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))
+    };
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("streamcache-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    write("streamcache", cli)
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -11,6 +11,7 @@ mod faults;
 mod git;
 mod limits;
 mod load;
+mod manual;
 mod remote;
 mod restart;
 // The SeaweedFS launcher of the library's tests, shared rather than copied.
