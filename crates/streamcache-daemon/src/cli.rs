@@ -158,6 +158,15 @@ struct ServeArgs {
     /// command themselves) or "refuse" (they fail, exit 75) [default: fail-open].
     #[arg(long, value_name = "WHAT")]
     queue_full: Option<String>,
+    /// Also serve this user (name or uid), e.g. www-data for smart HTTP and git for ssh:
+    /// one daemon and one cache for both. The socket becomes connectable by anyone; the
+    /// peer check turns away everyone not allowed. Repeatable; replaces the file's list.
+    #[arg(long = "allow-user", value_name = "USER")]
+    allow_users: Vec<String>,
+    /// Also serve the members of this group (name or gid). With one group and no user,
+    /// the socket is 0660 and belongs to that group. Repeatable.
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    allow_groups: Vec<String>,
     /// Share entries with the daemons of other hosts through S3-compatible object
     /// storage: s3://BUCKET/PREFIX. Endpoint, region and credentials come from the
     /// AWS_* variables (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID,
@@ -364,6 +373,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_commands_per_dir: args.max_commands_per_dir,
         max_queue_wait: args.max_queue_wait,
         queue_full: args.queue_full,
+        allow_users: args.allow_users,
+        allow_groups: args.allow_groups,
         remote: args.remote,
         remote_part_size: args.remote_part_size,
         remote_takeover: args.remote_takeover,

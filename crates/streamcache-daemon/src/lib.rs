@@ -23,6 +23,7 @@ mod descriptors;
 mod explain;
 mod key;
 mod metrics;
+mod peers;
 mod producer;
 mod queue;
 mod scrape;

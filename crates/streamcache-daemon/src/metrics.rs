@@ -194,6 +194,7 @@ pub(crate) fn stats_text(daemon: &Daemon) -> String {
         cfg.remote.as_ref().map_or("none", |r| r.url.as_str())
     );
     let _ = writeln!(out, "allow={}", cfg.allow);
+    let _ = writeln!(out, "peers={}", cfg.peers);
     let none = |n: Option<usize>| n.map_or_else(|| "none".to_owned(), |n| n.to_string());
     let _ = writeln!(
         out,
@@ -268,6 +269,7 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
             ),
         ),
         ("allow", get("allow").to_owned()),
+        ("serves", get("peers").to_owned()),
         (
             "uptime",
             humantime::format_duration(Duration::from_secs(num("uptime_seconds"))).to_string(),

@@ -85,7 +85,8 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, signal_tx.try_clone()?)
         .context("cannot install signal handlers")?;
     let successor = Successor::of_this_process();
-    let (mut bound, takeover) = socket::bind_or_replace(&settings.socket, settings.replace)?;
+    let (mut bound, takeover) =
+        socket::bind_or_replace(&settings.socket, settings.replace, settings.peers.access())?;
     let min_free = settings.min_free.bytes_on(&settings.entries_dir())?;
     log_disk_limits(&settings, min_free);
     let mut config = settings.cache_config(min_free);
@@ -141,6 +142,7 @@ pub(crate) fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         max_commands_per_dir = %limit(s.commands.max_commands_per_dir),
         max_queue_wait = %humantime::format_duration(s.commands.max_queue_wait),
         allow = %s.allow.binaries(),
+        peers = %s.peers,
         "{status}"
     );
     socket::notify(&format!(
@@ -496,12 +498,12 @@ fn handle(daemon: &Daemon, mut stream: UnixStream) {
             return;
         }
     };
-    if !socket::peer_allowed(uid) {
+    if !daemon.settings.peers.allows(uid) {
         daemon.counters.peer_refused.fetch_add(1, Relaxed);
         tracing::warn!(uid, pid, "refusing a peer of another user");
         let message = format!(
-            "peer uid {uid} may not use this daemon (it serves uid {} and root)",
-            rustix::process::geteuid().as_raw()
+            "peer uid {uid} may not use this daemon (it serves {})",
+            daemon.settings.peers
         );
         respond(&mut stream, Status::Refused, &message);
         return;

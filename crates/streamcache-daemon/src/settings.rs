@@ -65,6 +65,8 @@ pub(crate) struct FileSettings {
     pub(crate) max_commands_per_dir: Option<usize>,
     pub(crate) max_queue_wait: Option<String>,
     pub(crate) queue_full: Option<String>,
+    pub(crate) allow_users: Option<Vec<String>>,
+    pub(crate) allow_groups: Option<Vec<String>>,
     pub(crate) remote: Option<String>,
     pub(crate) remote_part_size: Option<Size>,
     pub(crate) remote_takeover: Option<String>,
@@ -185,6 +187,8 @@ pub(crate) struct ServeFlags {
     pub(crate) max_commands_per_dir: Option<usize>,
     pub(crate) max_queue_wait: Option<String>,
     pub(crate) queue_full: Option<String>,
+    pub(crate) allow_users: Vec<String>,
+    pub(crate) allow_groups: Vec<String>,
     pub(crate) remote: Option<String>,
     pub(crate) remote_part_size: Option<String>,
     pub(crate) remote_takeover: Option<String>,
@@ -312,6 +316,8 @@ pub(crate) struct ServeSettings {
     pub(crate) commands: CommandLimits,
     /// The shared tier, if any.
     pub(crate) remote: Option<RemoteSettings>,
+    /// Who may use the daemon besides its own user and root.
+    pub(crate) peers: crate::peers::Peers,
 }
 
 impl ServeSettings {
@@ -450,7 +456,19 @@ impl ServeSettings {
             )?),
             _ => None,
         };
+        let users = if flags.allow_users.is_empty() {
+            file.allow_users.unwrap_or_default()
+        } else {
+            flags.allow_users
+        };
+        let groups = if flags.allow_groups.is_empty() {
+            file.allow_groups.unwrap_or_default()
+        } else {
+            flags.allow_groups
+        };
+        let peers = crate::peers::Peers::resolve(&users, &groups)?;
         let settings = ServeSettings {
+            peers,
             remote,
             socket,
             dir,

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use rustix::fs::Mode;
 
+use crate::peers::Access;
+
 /// A bound listener and the identity of its socket file, so that shutdown removes
 /// only the file we created (not one a newer daemon put in its place).
 #[derive(Debug)]
@@ -76,7 +78,7 @@ pub(crate) fn prepare_dir(dir: &Path, create: bool) -> anyhow::Result<()> {
 /// daemon, or a file that is not a socket, is an error.
 #[cfg(test)]
 pub(crate) fn bind(path: &Path) -> anyhow::Result<Bound> {
-    bind_or_replace(path, false).map(|(bound, _)| bound)
+    bind_or_replace(path, false, Access::Owner).map(|(bound, _)| bound)
 }
 
 /// A socket bound beside a live daemon's, to be moved over its path once we serve.
@@ -108,15 +110,20 @@ impl Takeover {
 /// [`bind`], or with `replace`, prepares to take the path over from a live daemon of
 /// our own user without a moment in which it answers nobody: binds a fresh socket
 /// beside it, which [`Takeover::complete`] then renames over the path.
+///
+/// `access` says who must be able to connect (see `peers`): the socket's mode and
+/// group follow it, and its directory is made searchable by others if we own it.
 pub(crate) fn bind_or_replace(
     path: &Path,
     replace: bool,
+    access: Access,
 ) -> anyhow::Result<(Bound, Option<Takeover>)> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .context("the socket path has no directory")?;
     prepare_dir(parent, true)?;
+    reachable_dir(parent, access)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(live) if replace => {
@@ -136,7 +143,7 @@ pub(crate) fn bind_or_replace(
                     std::process::id()
                 ));
                 let _ = fs::remove_file(&beside);
-                let bound = listen(&beside)?;
+                let bound = listen(&beside, access)?;
                 return Ok((
                     bound,
                     Some(Takeover {
@@ -169,7 +176,28 @@ pub(crate) fn bind_or_replace(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot look at {}", path.display())),
     }
-    Ok((listen(path)?, None))
+    Ok((listen(path, access)?, None))
+}
+
+/// Makes `dir` searchable (never readable or writable) by others when other users must
+/// reach the socket in it and we own it; else warns if they cannot.
+fn reachable_dir(dir: &Path, access: Access) -> anyhow::Result<()> {
+    if access == Access::Owner {
+        return Ok(());
+    }
+    let meta = fs::metadata(dir)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o001 != 0 {
+        return Ok(());
+    }
+    if meta.uid() == rustix::process::geteuid().as_raw() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o011))
+            .with_context(|| format!("cannot make {} searchable", dir.display()))?;
+        tracing::info!(dir = %dir.display(), mode = format!("{:o}", mode | 0o011), "made the socket's directory searchable for the allowed users");
+    } else {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the allowed users cannot reach the socket: its directory is not searchable by others");
+    }
+    Ok(())
 }
 
 /// Ends a probe of a live daemon with a stats request, so that the daemon logs no
@@ -184,15 +212,32 @@ fn polite_goodbye(mut probe: UnixStream) {
     );
 }
 
-/// Binds and listens on `path`, which must not exist, owner-only.
-fn listen(path: &Path) -> anyhow::Result<Bound> {
-    // Created owner-only from the start: no window in which others could connect.
+/// Binds and listens on `path`, which must not exist: owner-only, then opened to
+/// `access`.
+fn listen(path: &Path, access: Access) -> anyhow::Result<Bound> {
+    // Created owner-only from the start: no window in which others could connect
+    // before the group is set.
     let old = rustix::process::umask(Mode::from_raw_mode(0o077));
     let listener = UnixListener::bind(path);
     rustix::process::umask(old);
     let listener = listener.with_context(|| format!("cannot listen on {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    let mode = match access {
+        Access::Owner => 0o600,
+        Access::Group(gid) => {
+            rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid))).with_context(
+                || {
+                    format!(
+                        "cannot give {} to group {gid} (allow_groups): the daemon's user must be in that group, or root",
+                        path.display()
+                    )
+                },
+            )?;
+            0o660
+        }
+        Access::Everyone => 0o666,
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     let meta = fs::symlink_metadata(path)?;
     Ok(Bound {
         listener,
@@ -206,11 +251,6 @@ fn listen(path: &Path) -> anyhow::Result<Bound> {
 pub(crate) fn peer(stream: &UnixStream) -> io::Result<(u32, i32)> {
     let cred = rustix::net::sockopt::socket_peercred(stream)?;
     Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get()))
-}
-
-/// Whether a peer with `uid` may use the daemon: the daemon's own user, and root.
-pub(crate) fn peer_allowed(uid: u32) -> bool {
-    uid == 0 || uid == rustix::process::geteuid().as_raw()
 }
 
 /// Whether a client may trust the daemon it reached, whose socket was bound by `uid`:
@@ -312,9 +352,10 @@ mod tests {
     fn our_own_peer_is_allowed() {
         let (a, _b) = UnixStream::pair().unwrap();
         let (uid, pid) = peer(&a).unwrap();
-        assert!(peer_allowed(uid));
+        let peers = crate::peers::Peers::default();
+        assert!(peers.allows(uid));
         assert_eq!(pid, std::process::id() as i32);
-        assert!(!peer_allowed(u32::MAX - 1) || rustix::process::geteuid().as_raw() == u32::MAX - 1);
+        assert!(!peers.allows(u32::MAX - 1) || rustix::process::geteuid().as_raw() == u32::MAX - 1);
     }
 
     #[test]

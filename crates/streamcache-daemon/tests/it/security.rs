@@ -633,3 +633,119 @@ fn a_relative_program_on_the_allow_list_stops_the_daemon_at_start() {
         "{err}"
     );
 }
+
+/// A clone of the fixture by `uid`:`gid`, through the hook of `env`, into `dst`.
+fn clone_as(env: &crate::support::GitEnv, uid: u32, gid: u32, dst: &Path) -> std::process::Output {
+    let mut cmd = crate::git::clone_cmd(
+        env,
+        &["--bare", "--no-local"],
+        &crate::support::fixture().repo,
+        dst,
+    );
+    cmd.uid(uid).gid(gid).current_dir("/");
+    cmd.output().unwrap()
+}
+
+#[test]
+fn one_daemon_serves_two_allowed_users_from_one_entry_and_refuses_a_third_who_still_clones() {
+    require_root("it clones as www-data, daemon and nobody");
+    let (_bin_dir, bin) = bin_for_others();
+    // `daemon` (uid 1) stands for the `git` user of an ssh set-up.
+    let daemon = Daemon::start(&["--allow-user", "www-data", "--allow-user", "daemon"]);
+    assert_eq!(
+        mode(&daemon.socket),
+        0o666,
+        "users are named: anyone may connect, the peer check decides"
+    );
+    assert_eq!(
+        mode(daemon.socket.parent().unwrap()) & 0o033,
+        0o011,
+        "searchable, not writable"
+    );
+    // One git environment for all three, as a system config would be: same HOME and
+    // config path, so the same key; readable by them; repositories of another user
+    // allowed (git refuses them otherwise).
+    let hook = format!(
+        "{} exec -v --socket {} --",
+        bin.display(),
+        daemon.socket.display()
+    );
+    let env = crate::support::GitEnv::new(Some(&hook));
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str("[safe]\n\tdirectory = *\n");
+    std::fs::write(&env.config, config).unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    for (name, uid) in [("www-data", 33), ("daemon", 1)] {
+        let dst = out_dir.path().join(format!("{name}.git"));
+        let out = clone_as(&env, uid, uid, &dst);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert_eq!(std::fs::metadata(&dst).unwrap().uid(), uid);
+        crate::support::fsck(&env, &dst);
+    }
+    assert_eq!(
+        (
+            daemon.stat("misses_total"),
+            daemon.stat("hits_total"),
+            daemon.stat("children_started_total")
+        ),
+        (1, 1, 1),
+        "www-data and daemon shared one entry"
+    );
+    // Entries stay the daemon's user's, owner-only.
+    assert_owner_only(&daemon.dir.path().join("cache/entries"));
+
+    // A third user is refused, counted, and clones all the same, uncached.
+    let dst = out_dir.path().join("nobody.git");
+    let out = clone_as(&env, 65534, 65534, &dst);
+    assert!(out.status.success(), "nobody: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("peer uid 65534 may not use this daemon (it serves uid 0 and root, user www-data (uid 33), user daemon (uid 1))"),
+        "{}",
+        text(&out.stderr)
+    );
+    crate::support::fsck(&env, &dst);
+    assert_eq!(daemon.stat("peer_refused_total"), 1);
+    assert_eq!(daemon.stat("children_started_total"), 1);
+}
+
+#[test]
+fn with_one_group_the_socket_is_the_groups_and_its_members_are_served() {
+    require_root("it runs a client as www-data");
+    let (_bin_dir, bin) = bin_for_others();
+    let daemon = Daemon::start(&["--allow", "sh", "--allow-group", "www-data"]);
+    assert_eq!(mode(&daemon.socket), 0o660);
+    assert_eq!(std::fs::metadata(&daemon.socket).unwrap().gid(), 33);
+    let exec = [
+        OsStr::new("exec"),
+        OsStr::new("-v"),
+        OsStr::new("--socket"),
+        daemon.socket.as_os_str(),
+        OsStr::new("--"),
+        OsStr::new("sh"),
+        OsStr::new("-c"),
+        OsStr::new("id -u"),
+    ];
+    // A member (www-data's primary group) is served: the daemon (root) ran it.
+    let mut member = Command::new(&bin);
+    member.args(exec).current_dir("/").uid(33).gid(33);
+    let out = run_with_stdin(member, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "0\n",
+        "the daemon ran it: {}",
+        text(&out.stderr)
+    );
+    // Anyone else cannot even connect, and runs the command itself.
+    let out = run_with_stdin(as_nobody(&bin, &exec), b"");
+    assert_eq!(text(&out.stdout), "65534\n");
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(daemon.stat("children_started_total"), 1);
+}
