@@ -5,6 +5,7 @@
 //! root).
 
 mod abuse;
+mod contrib;
 mod daemon;
 mod exec;
 mod faults;
