@@ -55,6 +55,10 @@ enum Command {
     Exec(ExecArgs),
     /// Print the daemon's counters.
     Stats(StatsArgs),
+    /// Say in plain words what the hook does for a user: each git's hook, the socket,
+    /// whether the user may connect, whom the client trusts, whether the daemon serves
+    /// the user and runs git pack-objects. Exit 0 if that user's clones are cached.
+    Check(CheckArgs),
     /// Write the manual pages (streamcache(1) and one per subcommand), made from these
     /// very definitions: to DIR, or the main page to stdout. `man -l streamcache.1`
     /// reads one; packages install them in /usr/share/man/man1.
@@ -228,6 +232,16 @@ struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+struct CheckArgs {
+    /// Check as this user (name or uid; needs root): its uid, groups and home.
+    #[arg(long = "as", value_name = "USER")]
+    user: Option<String>,
+    /// The socket to check, instead of the one each hook names or the configured one.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct ManArgs {
     /// Write streamcache.1 and streamcache-SUBCOMMAND.1 into this directory.
     #[arg(long, value_name = "DIR")]
@@ -294,6 +308,13 @@ fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => report(serve(*args)),
         Command::Stats(args) => report(stats(args)),
         Command::Man(args) => report(man(args)),
+        Command::Check(args) => match crate::check::run(args.user.as_deref(), args.socket) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("streamcache check: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Completions(args) => {
             use clap::CommandFactory;
             clap_complete::generate(

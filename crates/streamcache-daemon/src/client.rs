@@ -552,8 +552,14 @@ fn run_directly(program: &OsStr, args: &[OsString], stdin: Option<Spill>) -> i32
 /// `streamcache stats`: asks the daemon for its counters.
 pub(crate) fn fetch_stats(socket: &Path) -> anyhow::Result<String> {
     use anyhow::Context;
-    let mut conn = UnixStream::connect(socket)
+    let conn = UnixStream::connect(socket)
         .with_context(|| format!("cannot reach the daemon at {}", socket.display()))?;
+    stats_on(conn)
+}
+
+/// Asks for the stats over `conn`, a connection to a daemon.
+pub(crate) fn stats_on(mut conn: UnixStream) -> anyhow::Result<String> {
+    use anyhow::Context;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     // A daemon that refuses us answers without reading the request, and may have
     // closed before it is sent: its answer is still there to read, and says more.

@@ -17,6 +17,7 @@
 
 mod allow;
 mod chain;
+mod check;
 mod cli;
 mod client;
 mod descriptors;

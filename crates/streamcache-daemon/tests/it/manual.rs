@@ -37,6 +37,7 @@ fn the_manual_pages_render_with_every_subcommand_and_flag() {
     assert_eq!(
         pages,
         [
+            "streamcache-check.1",
             "streamcache-completions.1",
             "streamcache-exec.1",
             "streamcache-man.1",

@@ -749,3 +749,68 @@ fn with_one_group_the_socket_is_the_groups_and_its_members_are_served() {
     );
     assert_eq!(daemon.stat("children_started_total"), 1);
 }
+
+#[test]
+fn check_tells_an_allowed_user_a_refused_one_and_one_without_the_hook_what_happens() {
+    require_root("it checks as www-data and nobody");
+    let (_bin_dir, bin) = bin_for_others();
+    let daemon = Daemon::start(&["--allow-user", "www-data"]);
+    // The hook, where every user's git reads it (the tests keep the host's system
+    // config out of it).
+    let conf_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(conf_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let with_hook = conf_dir.path().join("with-hook");
+    std::fs::write(
+        &with_hook,
+        format!(
+            "[uploadpack]\n\tpackObjectsHook = {} exec --socket {} --\n",
+            bin.display(),
+            daemon.socket.display()
+        ),
+    )
+    .unwrap();
+    let without = conf_dir.path().join("without-hook");
+    std::fs::write(&without, "").unwrap();
+    let check = |user: &str, config: &Path| {
+        let out = Command::new(BIN)
+            .args(["check", "--as", user])
+            .env("GIT_CONFIG_GLOBAL", config)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env_remove("STREAMCACHE_SOCKET")
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+
+    let (code, out, err) = check("www-data", &with_hook);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("as www-data (uid 33, gid 33):"), "{out}");
+    assert!(
+        out.contains("reached") && out.contains("the daemon serves uid 33"),
+        "{out}"
+    );
+    assert!(out.contains("the daemon runs git pack-objects"), "{out}");
+    assert!(
+        out.contains("verdict: clones by uid 33 are cached"),
+        "{out}"
+    );
+
+    let (code, out, _) = check("nobody", &with_hook);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("peer uid 65534 may not use this daemon")
+            && out.contains("add this user to allow_users"),
+        "{out}"
+    );
+    assert!(
+        out.contains("verdict: clones by uid 65534 are NOT cached"),
+        "{out}"
+    );
+    // The refusal shows where the operator looks.
+    assert_eq!(daemon.stat("peer_refused_total"), 1);
+
+    let (code, out, _) = check("www-data", &without);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no uploadpack.packObjectsHook"), "{out}");
+    assert!(out.contains("NOT cached"), "{out}");
+}
