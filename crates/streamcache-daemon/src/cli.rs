@@ -105,7 +105,8 @@ struct ServeArgs {
     /// restart that breaks no clone; SIGHUP makes the running daemon start this itself).
     #[arg(long)]
     replace: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9236).
+    /// Serve Prometheus metrics at http://ADDR/metrics and a status page at http://ADDR/
+    /// (e.g. 127.0.0.1:9236).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
     /// Allow PROGRAM, or PROGRAM with first argument SUBCOMMAND; repeatable; replaces

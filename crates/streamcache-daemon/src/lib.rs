@@ -33,6 +33,7 @@ mod settings;
 mod socket;
 mod spill;
 mod state;
+mod status;
 mod supervisor;
 pub mod wire;
 

@@ -1,4 +1,5 @@
-//! The `/metrics` listener: a small HTTP/1.0 responder for Prometheus.
+//! The `/metrics` listener: a small HTTP/1.0 responder for Prometheus, which also
+//! serves a status page for people at `/` (see `status`).
 //!
 //! Whoever can reach the address can connect, so no client may hold up another. Each
 //! scrape is answered on a thread of its own, at most [`MAX_SCRAPES`] at once; the
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::prometheus;
 use crate::state::Daemon;
+use crate::status::status_page;
 
 /// Scrapes answered at once. Prometheus scrapes one target once per interval; a few
 /// more leave room for a person with `curl`.
@@ -122,11 +124,17 @@ fn answer(stream: &TcpStream, daemon: &Daemon) -> io::Result<()> {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match (method, path) {
-        ("GET", "/metrics") | ("GET", "/") => write_response(
+        ("GET", "/metrics") => write_response(
             stream,
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             &prometheus(daemon),
+        ),
+        ("GET", "/") | ("GET", "/index.html") => write_response(
+            stream,
+            "200 OK",
+            "text/html; charset=utf-8",
+            &status_page(daemon),
         ),
         ("GET", _) => write_response(stream, "404 Not Found", "text/plain", "not found\n"),
         _ => write_response(stream, "405 Method Not Allowed", "text/plain", "only GET\n"),

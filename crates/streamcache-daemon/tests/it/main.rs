@@ -19,4 +19,5 @@ mod restart;
 #[path = "../../../streamcache/tests/it/s3.rs"]
 mod s3;
 mod security;
+mod status;
 mod support;
