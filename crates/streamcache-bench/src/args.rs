@@ -24,7 +24,8 @@ use crate::sys::Fs;
     after_help = "Examples:\n  \
         streamcache-bench all --fs both --json results.json\n  \
         streamcache-bench w1 w3 --fs tmpfs --quick --no-idle-wait\n  \
-        streamcache-bench report a.json b.json"
+        streamcache-bench report a.json b.json\n  \
+        streamcache-bench report results.json --svg docs/bench"
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -49,6 +50,11 @@ enum Command {
         /// per file system.
         #[arg(required = true, value_name = "FILE.json")]
         files: Vec<PathBuf>,
+        /// Also draw the figures as SVG charts into DIR (created if missing):
+        /// w1-fanout.svg, w3.svg, w5.svg and w6.svg, each only if its workload is in
+        /// the files.
+        #[arg(long, value_name = "DIR")]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -344,14 +350,18 @@ pub(crate) struct Options {
 pub(crate) enum Invocation {
     /// Run workloads.
     Run(Box<Options>),
-    /// `report FILE...`: the side-by-side table of `--json` files.
-    Report(Vec<PathBuf>),
+    /// `report FILE... [--svg DIR]`: the side-by-side table of `--json` files, and
+    /// their charts.
+    Report {
+        files: Vec<PathBuf>,
+        svg: Option<PathBuf>,
+    },
 }
 
 impl Cli {
     pub(crate) fn into_invocation(self) -> Invocation {
         match self.command {
-            Some(Command::Report { files }) => Invocation::Report(files),
+            Some(Command::Report { files, svg }) => Invocation::Report { files, svg },
             None => Invocation::Run(Box::new(options(&self.workloads, self.flags))),
         }
     }
@@ -517,14 +527,27 @@ mod tests {
     #[test]
     fn report_takes_the_files_to_compare() {
         match parse("report a.json b.json").unwrap() {
-            Invocation::Report(files) => {
+            Invocation::Report { files, svg } => {
                 assert_eq!(
                     files,
                     vec![PathBuf::from("a.json"), PathBuf::from("b.json")]
-                )
+                );
+                assert_eq!(svg, None);
             }
             other => panic!("parsed as {other:?}"),
         }
+        match parse("report a.json --svg out b.json").unwrap() {
+            Invocation::Report { files, svg } => {
+                assert_eq!(
+                    files,
+                    vec![PathBuf::from("a.json"), PathBuf::from("b.json")]
+                );
+                assert_eq!(svg, Some(PathBuf::from("out")));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(parse("report a.json --svg").is_err());
+        assert!(parse("w1 --svg out").is_err());
         assert!(parse("report").is_err());
         assert!(parse("report a.json --fs tmpfs").is_err());
         assert!(parse("w1 report").is_err());

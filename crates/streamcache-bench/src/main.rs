@@ -11,10 +11,13 @@
 //!
 //! The result is a table on stdout (median, min, max, unit, ratio to the W0 limit) and,
 //! with `--json FILE`, one JSON object per figure. Progress goes to stderr.
+//! `streamcache-bench report FILE... [--svg DIR]` prints the table of such files again,
+//! side by side per file system, and draws their charts.
 
 #![forbid(unsafe_code)]
 
 mod args;
+mod charts;
 mod ctx;
 mod data;
 mod durable;
@@ -32,7 +35,7 @@ mod w7;
 mod workloads;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -59,7 +62,7 @@ fn main() -> ExitCode {
     }
     let result = match Cli::parse().into_invocation() {
         Invocation::Run(opts) => run(*opts),
-        Invocation::Report(files) => side_by_side(&files),
+        Invocation::Report { files, svg } => report_files(&files, svg.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -70,19 +73,66 @@ fn main() -> ExitCode {
     }
 }
 
-/// `report FILE...`: the side-by-side table of `--json` files.
-fn side_by_side(files: &[PathBuf]) -> io::Result<()> {
+/// `report FILE... [--svg DIR]`: the side-by-side table of `--json` files, and with
+/// `--svg` their charts.
+fn report_files(files: &[PathBuf], svg: Option<&Path>) -> io::Result<()> {
+    let sourced = load(files)?;
+    let figures: Vec<report::Figure> = sourced.iter().map(|(_, f)| f.clone()).collect();
+    print!("{}", report::side_by_side(&figures));
+    if let Some(dir) = svg {
+        let charts = charts::write(dir, &sourced)?;
+        let names = |written: bool| {
+            charts
+                .iter()
+                .filter(|c| c.1 == written)
+                .map(|c| c.0)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (written, absent) = (names(true), names(false));
+        if written.is_empty() {
+            eprintln!("svg: no chart written: no w1, w3, w5 or w6 figures in the input");
+        } else {
+            eprintln!("svg: wrote {written} in {}", dir.display());
+        }
+        if !written.is_empty() && !absent.is_empty() {
+            eprintln!("svg: not written (their workloads are not in the input): {absent}");
+        }
+    }
+    Ok(())
+}
+
+/// The figures of `--json` files, each with the name of its file (its stem, or the whole
+/// path where two files share a stem).
+fn load(files: &[PathBuf]) -> io::Result<Vec<(String, report::Figure)>> {
+    let stem = |p: &PathBuf| {
+        p.file_stem()
+            .map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into())
+    };
     let mut figures = Vec::new();
     for file in files {
-        for line in std::fs::read_to_string(file)?.lines() {
+        let twins = files.iter().filter(|f| stem(f) == stem(file)).count();
+        let source = if twins > 1 {
+            file.display().to_string()
+        } else {
+            stem(file)
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
+        for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            figures.push(serde_json::from_str(line).map_err(io::Error::other)?);
+            let figure = serde_json::from_str(line).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}:{}: {e}", file.display(), i + 1),
+                )
+            })?;
+            figures.push((source.clone(), figure));
         }
     }
-    print!("{}", report::side_by_side(&figures));
-    Ok(())
+    Ok(figures)
 }
 
 /// A one-line description of the machine and the time.
