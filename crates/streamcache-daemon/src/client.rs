@@ -54,7 +54,7 @@ use crate::wire::reply::{decode_response, ExitStatus, Status};
 use crate::wire::request::{Request, PROTOCOL_VERSION};
 
 /// Environment variables sent along, besides every `GIT_*` one (except the tracing
-/// ones). They decide what git does in the working directory, so they go into the key
+/// ones and the author's and committer's identity). They decide what git does in the working directory, so they go into the key
 /// and the command runs with exactly them.
 pub(crate) const FORWARDED_ENV: &[&str] = &[
     "PATH",
@@ -94,7 +94,14 @@ pub(crate) fn forwarded_env(name: &OsStr, extra: &[OsString]) -> bool {
     if extra.iter().any(|e| e.as_os_str() == name) {
         return true;
     }
-    if bytes.starts_with(b"GIT_TRACE") {
+    // Tracing changes no output; the author's and committer's identity change no pack,
+    // and `git http-backend` sets GIT_COMMITTER_NAME/EMAIL from the client's address
+    // (`anonymous@http.<addr>`): forwarded, they would split one storm into a key per
+    // client.
+    if bytes.starts_with(b"GIT_TRACE")
+        || bytes.starts_with(b"GIT_AUTHOR_")
+        || bytes.starts_with(b"GIT_COMMITTER_")
+    {
         return false;
     }
     bytes.starts_with(b"GIT_") || FORWARDED_ENV.iter().any(|f| f.as_bytes() == bytes)
@@ -600,6 +607,10 @@ mod tests {
         for name in [
             "GIT_TRACE",
             "GIT_TRACE2_EVENT",
+            "GIT_COMMITTER_EMAIL",
+            "GIT_COMMITTER_NAME",
+            "GIT_AUTHOR_NAME",
+            "GIT_AUTHOR_DATE",
             "SSH_CONNECTION",
             "USER",
             "REMOTE_ADDR",

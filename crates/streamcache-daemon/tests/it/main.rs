@@ -9,6 +9,7 @@ mod contrib;
 mod daemon;
 mod exec;
 mod faults;
+mod frontends;
 mod git;
 mod limits;
 mod load;
