@@ -179,7 +179,35 @@ pub(crate) fn exec(opts: ExecOptions) -> i32 {
         "{reason}; running {} directly",
         program.to_string_lossy()
     ));
+    // The operator sees it too, not only the user under -v (git shows a hook's stderr
+    // to the user alone).
+    syslog(&format!(
+        "exec ran {} itself (uid {}): {reason}",
+        program.to_string_lossy(),
+        rustix::process::getuid().as_raw()
+    ));
     run_directly(program, args, Some(stdin))
+}
+
+/// Where `exec` reports that it failed open: the system log's socket, or the datagram
+/// socket `$STREAMCACHE_SYSLOG` names.
+const SYSLOG: &str = "/dev/log";
+
+/// Sends one line to the system log (facility user, severity warning), best effort:
+/// a host without a syslog socket, or a full one, costs nothing (the socket does not
+/// block).
+fn syslog(message: &str) {
+    let path = std::env::var_os("STREAMCACHE_SYSLOG").unwrap_or_else(|| SYSLOG.into());
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    if sock.set_nonblocking(true).is_err() {
+        return;
+    }
+    // <12>: facility user (1) * 8 + severity warning (4); the tag and pid as
+    // syslog(3) writes them, so journald and rsyslog file it under streamcache.
+    let line = format!("<12>streamcache[{}]: {message}", std::process::id());
+    let _ = sock.send_to(line.as_bytes(), Path::new(&path));
 }
 
 /// `"stdout"` or `"stderr"` if it was closed when the process started: the binary's

@@ -634,6 +634,30 @@ fn a_relative_program_on_the_allow_list_stops_the_daemon_at_start() {
     );
 }
 
+/// The uid and gid of the system user `git`, the user ssh runs upload-pack as on a git
+/// host; made (once, and kept, as a host has it) if this machine has none.
+fn git_user() -> (u32, u32) {
+    static GIT: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *GIT.get_or_init(|| {
+        let lookup = || nix::unistd::User::from_name("git").unwrap();
+        if lookup().is_none() {
+            let status = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "git",
+                ])
+                .status()
+                .expect("run useradd");
+            assert!(status.success(), "useradd git: {status}");
+        }
+        let user = lookup().expect("the user git");
+        (user.uid.as_raw(), user.gid.as_raw())
+    })
+}
+
 /// A clone of the fixture by `uid`:`gid`, through the hook of `env`, into `dst`.
 fn clone_as(env: &crate::support::GitEnv, uid: u32, gid: u32, dst: &Path) -> std::process::Output {
     let mut cmd = crate::git::clone_cmd(
@@ -647,11 +671,11 @@ fn clone_as(env: &crate::support::GitEnv, uid: u32, gid: u32, dst: &Path) -> std
 }
 
 #[test]
-fn one_daemon_serves_two_allowed_users_from_one_entry_and_refuses_a_third_who_still_clones() {
-    require_root("it clones as www-data, daemon and nobody");
+fn one_daemon_serves_www_data_and_git_from_one_entry_and_refuses_a_third_who_still_clones() {
+    require_root("it clones as www-data, git and nobody");
     let (_bin_dir, bin) = bin_for_others();
-    // `daemon` (uid 1) stands for the `git` user of an ssh set-up.
-    let daemon = Daemon::start(&["--allow-user", "www-data", "--allow-user", "daemon"]);
+    let (git_uid, git_gid) = git_user();
+    let daemon = Daemon::start(&["--allow-user", "www-data", "--allow-user", "git"]);
     assert_eq!(
         mode(&daemon.socket),
         0o666,
@@ -678,9 +702,9 @@ fn one_daemon_serves_two_allowed_users_from_one_entry_and_refuses_a_third_who_st
     let out_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
 
-    for (name, uid) in [("www-data", 33), ("daemon", 1)] {
+    for (name, uid, gid) in [("www-data", 33, 33), ("git", git_uid, git_gid)] {
         let dst = out_dir.path().join(format!("{name}.git"));
-        let out = clone_as(&env, uid, uid, &dst);
+        let out = clone_as(&env, uid, gid, &dst);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         assert_eq!(std::fs::metadata(&dst).unwrap().uid(), uid);
         crate::support::fsck(&env, &dst);
@@ -692,7 +716,7 @@ fn one_daemon_serves_two_allowed_users_from_one_entry_and_refuses_a_third_who_st
             daemon.stat("children_started_total")
         ),
         (1, 1, 1),
-        "www-data and daemon shared one entry"
+        "www-data and git shared one entry"
     );
     // Entries stay the daemon's user's, owner-only.
     assert_owner_only(&daemon.dir.path().join("cache/entries"));
@@ -702,7 +726,7 @@ fn one_daemon_serves_two_allowed_users_from_one_entry_and_refuses_a_third_who_st
     let out = clone_as(&env, 65534, 65534, &dst);
     assert!(out.status.success(), "nobody: {}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("peer uid 65534 may not use this daemon (it serves uid 0 and root, user www-data (uid 33), user daemon (uid 1))"),
+        text(&out.stderr).contains(&format!("peer uid 65534 may not use this daemon (it serves uid 0 and root, user www-data (uid 33), user git (uid {git_uid}))")),
         "{}",
         text(&out.stderr)
     );
@@ -739,22 +763,44 @@ fn with_one_group_the_socket_is_the_groups_and_its_members_are_served() {
         "the daemon ran it: {}",
         text(&out.stderr)
     );
-    // Anyone else cannot even connect, and runs the command itself.
-    let out = run_with_stdin(as_nobody(&bin, &exec), b"");
+    // Anyone else cannot even connect, and runs the command itself; the system log
+    // (here a socket of the test's, named by STREAMCACHE_SYSLOG) says so, for the
+    // operator, who would not see a refusal the daemon never got.
+    let log_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(log_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log_path = log_dir.path().join("log");
+    let log = std::os::unix::net::UnixDatagram::bind(&log_path).unwrap();
+    std::fs::set_permissions(&log_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut nobody = as_nobody(&bin, &exec);
+    nobody.env("STREAMCACHE_SYSLOG", &log_path);
+    let out = run_with_stdin(nobody, b"");
     assert_eq!(text(&out.stdout), "65534\n");
     assert!(
         text(&out.stderr).contains("Permission denied"),
         "{}",
         text(&out.stderr)
     );
+    let mut line = [0u8; 4096];
+    log.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let n = log
+        .recv(&mut line)
+        .expect("a syslog line from the client that failed open");
+    let line = String::from_utf8_lossy(&line[..n]).into_owned();
+    assert!(
+        line.starts_with("<12>streamcache[")
+            && line.contains("]: exec ran sh itself (uid 65534): cannot reach the daemon at")
+            && line.contains("Permission denied"),
+        "{line}"
+    );
     assert_eq!(daemon.stat("children_started_total"), 1);
 }
 
 #[test]
-fn check_tells_an_allowed_user_a_refused_one_and_one_without_the_hook_what_happens() {
+fn check_tells_www_data_git_a_refused_user_and_one_without_the_hook_what_happens() {
     require_root("it checks as www-data and nobody");
     let (_bin_dir, bin) = bin_for_others();
-    let daemon = Daemon::start(&["--allow-user", "www-data"]);
+    let (git_uid, _) = git_user();
+    let daemon = Daemon::start(&["--allow-user", "www-data", "--allow-user", "git"]);
     // The hook, where every user's git reads it (the tests keep the host's system
     // config out of it).
     let conf_dir = tempfile::tempdir().unwrap();
@@ -792,6 +838,13 @@ fn check_tells_an_allowed_user_a_refused_one_and_one_without_the_hook_what_happe
     assert!(out.contains("the daemon runs git pack-objects"), "{out}");
     assert!(
         out.contains("verdict: clones by uid 33 are cached"),
+        "{out}"
+    );
+
+    let (code, out, err) = check("git", &with_hook);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("verdict: clones by uid {git_uid} are cached")),
         "{out}"
     );
 
