@@ -13,6 +13,14 @@ use super::{bounded, Job, Names, Remote, RemoteError, MAX_SMALL_OBJECT};
 use crate::runner::Producer;
 use crate::writer::Writer;
 
+/// The longest pause between two reads of a listed part the store says is not found
+/// (50 ms doubling: about 1.5 s in all).
+const NOT_FOUND_PATIENCE: Duration = Duration::from_millis(800);
+
+/// How many failed requests in a row a follower lets pass (polling on) before it gives
+/// the store up and produces itself.
+const FOLLOW_PATIENCE: u32 = 5;
+
 /// The first and the longest wait between two reads of a lease being followed.
 const FIRST_POLL: Duration = Duration::from_millis(20);
 const LAST_POLL: Duration = Duration::from_millis(500);
@@ -72,7 +80,20 @@ fn part(
     let digest = digest.to_owned();
     let timeout = remote.timeout;
     remote.runtime.handle().spawn(async move {
-        let got = bounded("download part", timeout, store.get(&path)).await?;
+        // A part a lease or a manifest lists was stored before it was listed; a store
+        // that is not read-after-write consistent at every instant (SeaweedFS under
+        // load, S3 gateways in front of replicas) may still answer "not found" for a
+        // moment: asked again, a few times, with a growing pause.
+        let mut pause = Duration::from_millis(50);
+        let got = loop {
+            match bounded("download part", timeout, store.get(&path)).await {
+                Err(err) if err.is_not_found() && pause <= NOT_FOUND_PATIENCE => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                got => break got?,
+            }
+        };
         // Checked before the body is read: a damaged store cannot make us allocate
         // more than a part.
         let size = got.meta.size;
@@ -264,6 +285,8 @@ pub(super) fn follow(
     let mut seen = seen;
     let mut changed = Instant::now();
     let mut poll = FIRST_POLL;
+    // Failed requests in a row: a follower rides out a short outage of the store.
+    let mut blips = 0u32;
     loop {
         let mut take_over_now = false;
         match &seen.body {
@@ -280,10 +303,15 @@ pub(super) fn follow(
                         // is not to be trusted.
                         job.failed(&err);
                         take_over_now = true;
-                    } else {
+                    } else if blips >= FOLLOW_PATIENCE {
                         job.failed(&err);
                         return producer(w);
+                    } else {
+                        blips += 1;
+                        tracing::debug!(key = job.key, error = %crate::error::Chain(&err), "streamcache: shared tier: following on after an error");
                     }
+                } else {
+                    blips = 0;
                 }
                 match body.state {
                     LeaseState::Done => return finish(job, names, &seen, staged, w, producer),
@@ -330,6 +358,10 @@ pub(super) fn follow(
                         producer(w)
                     }
                 };
+            }
+            Err(err) if blips < FOLLOW_PATIENCE => {
+                blips += 1;
+                tracing::debug!(key = job.key, error = %crate::error::Chain(&err), "streamcache: shared tier: following on after an error");
             }
             Err(err) => {
                 job.failed(&err);
