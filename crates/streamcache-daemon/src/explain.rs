@@ -12,7 +12,7 @@ use std::io::{self, Write};
 
 use sha2::{Digest, Sha256};
 
-use crate::key::KeyHasher;
+use crate::key::{hex, KeyHasher};
 use crate::spill::Spill;
 use crate::wire::request::Request;
 
@@ -28,12 +28,7 @@ pub(crate) fn explanation(request: &Request, stdin: &mut Spill) -> io::Result<St
     };
     stdin.copy_to(&mut hashed)?;
     let key = hashed.key.finish();
-    let stdin_digest: String = hashed
-        .stdin
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let stdin_digest = hex(&hashed.stdin.finalize());
     let mut out = String::new();
     let mut line = |name: &str, value: &str| {
         let _ = writeln!(out, "{name:<14} {value}");

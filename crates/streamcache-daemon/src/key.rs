@@ -59,12 +59,13 @@ impl KeyHasher {
 
     /// The key: 64 lowercase hex digits.
     pub(crate) fn finish(self) -> String {
-        self.sha
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(&self.sha.finalize())
     }
+}
+
+/// Bytes as lowercase hex digits (how keys and digests are shown).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

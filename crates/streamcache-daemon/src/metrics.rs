@@ -403,8 +403,10 @@ pub(crate) fn human_table(pairs: &[(String, String)]) -> String {
     out
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+/// `n` bytes in binary units, one decimal (exact bytes below 1 KiB): for `stats` and
+/// the status page.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit + 1 < UNITS.len() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use streamcache::{EntryState, EntryStatus};
 
-use crate::metrics::{parse_stats, stats_text};
+use crate::metrics::{bytes, parse_stats, stats_text};
 use crate::state::Daemon;
 
 /// How often the page reloads itself.
@@ -438,22 +438,6 @@ impl Cell {
             Cell::Bytes(n) => format!("<td class=\"num\" title=\"{n} bytes\">{}</td>", bytes(*n)),
             Cell::Text(s) => format!("<td class=\"num\">{}</td>", esc(s)),
         }
-    }
-}
-
-/// `n` bytes in binary units, one decimal (exact bytes below 1 KiB).
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -219,10 +219,9 @@ impl Remote {
         what: &'static str,
         request: impl Future<Output = object_store::Result<T>>,
     ) -> std::result::Result<T, RemoteError> {
-        let timeout = self.timeout;
         self.runtime
             .handle()
-            .block_on(async move { bounded(what, timeout, request).await })
+            .block_on(bounded(what, self.timeout, request))
     }
 }
 
@@ -233,10 +232,9 @@ impl Remote {
         what: &'static str,
         request: impl Future<Output = object_store::Result<T>>,
     ) -> std::result::Result<T, RemoteError> {
-        let timeout = self.timeout * 6;
         self.runtime
             .handle()
-            .block_on(async move { bounded(what, timeout, request).await })
+            .block_on(bounded(what, self.timeout * 6, request))
     }
 }
 

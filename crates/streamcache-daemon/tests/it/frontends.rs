@@ -32,10 +32,8 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -53,32 +51,8 @@ const CLONES: usize = 8;
 /// a time, and a clone's pack holds one for the whole transfer).
 const FCGIWRAP_PROCESSES: usize = CLONES;
 
-// ---- Servers: started from a long-lived thread, killed with the test process.
-
-type Spawned = std::io::Result<Child>;
-type SpawnRequest = (Command, mpsc::Sender<Spawned>);
-
-/// The thread that starts servers. It never exits, so `PR_SET_PDEATHSIG` (which fires
-/// when the *thread* that forked dies) fires only when the test process ends.
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("frontend-spawner".into())
-            .spawn(move || {
-                for (mut command, reply) in rx {
-                    let _ = reply.send(command.spawn());
-                }
-                // The sender lives in a static: never reached.
-                loop {
-                    std::thread::park();
-                }
-            })
-            .expect("spawn the front ends' spawner thread");
-        Mutex::new(tx)
-    })
-}
+// ---- Servers: started by `s3::spawn_for_life` (the test binary's spawner thread), killed
+// with the test process.
 
 /// One server process, its output in a log file; stopped (SIGTERM, then SIGKILL) and
 /// reaped on drop.
@@ -99,23 +73,7 @@ impl Server {
         cmd.stdin(stdin)
             .stdout(out.try_clone().unwrap())
             .stderr(out);
-        // SAFETY: the closure makes one system call (prctl), which is
-        // async-signal-safe; it neither allocates nor locks.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let (reply, answer) = mpsc::channel();
-        spawner()
-            .lock()
-            .unwrap()
-            .send((cmd, reply))
-            .expect("the spawner thread runs");
-        let child = answer
-            .recv()
-            .expect("the spawner thread answers")
+        let child = crate::s3::spawn_for_life(cmd)
             .unwrap_or_else(|e| panic!("start {name}: {e} (is it installed? .ci/run installs it)"));
         Server {
             name: name.to_owned(),

